@@ -1,0 +1,215 @@
+"""Device-resident image data, seeded batched augmentation and label corruption.
+
+A dataset is a uint8 tensor (N, C, H, W) plus int64 labels, loaded once and kept on the training
+device.  Batches are drawn by index from a seeded permutation; random crop and flip run on the whole
+batch at once on that device, so the training loop never touches PIL or a Python loop per sample.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .io import NoiseKDError, atomic_path
+
+
+@dataclass
+class ImageData:
+    """uint8 images (N, C, H, W) and int64 labels; `meta` holds provenance (source, subset, seed)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise NoiseKDError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
+            raise NoiseKDError(f"labels must be int64 (N,), got {self.labels.dtype} {tuple(self.labels.shape)}")
+        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
+            raise NoiseKDError(f"labels outside [0, {len(self.classes)}) for classes {self.classes}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to(self, device: str | torch.device) -> "ImageData":
+        return ImageData(self.images.to(device), self.labels.to(device), self.classes, dict(self.meta))
+
+    def subset(self, index: torch.Tensor) -> "ImageData":
+        return ImageData(self.images[index], self.labels[index], self.classes, dict(self.meta))
+
+    def with_labels(self, labels: torch.Tensor, **meta) -> "ImageData":
+        return ImageData(self.images, labels, self.classes, {**self.meta, **meta})
+
+
+def save_image_data(data: ImageData, path: str | os.PathLike) -> None:
+    """Write an .npz atomically (a killed job leaves no file that looks complete)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                images=data.images.cpu().numpy(),
+                labels=data.labels.cpu().numpy(),
+                classes=np.array(data.classes),
+                meta=np.array(repr(data.meta)),
+            )
+
+
+def load_image_data(path: str | os.PathLike) -> ImageData:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images, labels, classes = z["images"], z["labels"], z["classes"]
+            meta = str(z["meta"]) if "meta" in z else "{}"
+    except FileNotFoundError:
+        raise NoiseKDError(f"dataset file {path} does not exist") from None
+    except Exception as exc:  # zipfile/ValueError/KeyError: all mean a bad file
+        raise NoiseKDError(f"dataset file {path} is unreadable (truncated or corrupt?): {exc}") from None
+    import ast
+
+    return ImageData(
+        torch.from_numpy(np.ascontiguousarray(images)),
+        torch.from_numpy(labels.astype(np.int64)),
+        tuple(str(c) for c in classes),
+        ast.literal_eval(meta),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Per-dataset training augmentation: random crop with zero padding and optional h-flip."""
+
+    crop_padding: int = 4
+    hflip: bool = True
+
+
+def random_crop_flip(images: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Batched random crop (zero padding) and horizontal flip of uint8 (B, C, H, W) images.
+
+    One gather for the whole batch: each image's window is selected with broadcast row/column
+    indices into the padded batch.  Draw order (offsets y, x, then flips) is fixed for determinism.
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    out = images
+    if aug.crop_padding > 0:
+        p = aug.crop_padding
+        padded = F.pad(out, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (b,), device=device, generator=generator)
+        ox = torch.randint(0, 2 * p + 1, (b,), device=device, generator=generator)
+        rows = (oy[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = (ox[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        batch = torch.arange(b, device=device)[:, None, None, None]
+        chan = torch.arange(c, device=device)[None, :, None, None]
+        out = padded[batch, chan, rows, cols]
+    if aug.hflip:
+        flip = torch.rand(b, device=device, generator=generator) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [0, 1]."""
+    return images.float().div_(255.0)
+
+
+class DeviceSampler:
+    """Seeded epoch iterator over a device-resident dataset.
+
+    Each epoch draws one permutation from `generator`, then yields (augmented uint8 images, labels)
+    batches gathered by index on the data's device.  The last partial batch is kept, as a default
+    PyTorch DataLoader does.  All randomness comes from `generator`, whose state a checkpoint stores.
+    """
+
+    def __init__(
+        self,
+        data: ImageData,
+        batch_size: int,
+        generator: torch.Generator,
+        augmentation: Augmentation | None = None,
+    ):
+        if batch_size < 1:
+            raise NoiseKDError(f"batch_size must be >= 1, got {batch_size}")
+        self.data = data
+        self.batch_size = batch_size
+        self.generator = generator
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.data)
+        perm = torch.randperm(n, device=self.data.images.device, generator=self.generator)
+        for start in range(0, n, self.batch_size):
+            idx = perm[start : start + self.batch_size]
+            images = self.data.images[idx]
+            if self.augmentation is not None:
+                images = random_crop_flip(images, self.augmentation, self.generator)
+            yield images, self.data.labels[idx]
+
+
+def iterate_batches(data: ImageData, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Sequential, unaugmented batches (evaluation)."""
+    for start in range(0, len(data), batch_size):
+        yield data.images[start : start + batch_size], data.labels[start : start + batch_size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Label noise
+
+
+def corrupt_labels(labels: torch.Tensor, rate: float, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static label corruption (Messy Collaboration experiments, Fig. 4/5 of the paper).
+
+    A seeded fraction `rate` of the samples (exactly round(rate * N), chosen without replacement)
+    get a label drawn uniformly from all `num_classes` classes; as in the paper's protocol the draw
+    may repeat the true class.  Returns (new labels, sorted indices of the re-drawn samples).
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise NoiseKDError(f"label corruption rate must be in [0, 1], got {rate}")
+    g = torch.Generator().manual_seed(int(seed))
+    n = labels.shape[0]
+    chosen = torch.randperm(n, generator=g)[: round(rate * n)]
+    new = labels.clone().cpu()
+    new[chosen] = torch.randint(0, num_classes, (len(chosen),), generator=g)
+    return new.to(labels.device), chosen.sort().values
+
+
+def random_relabel(
+    labels: torch.Tensor, rate: float, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Per-batch target variability (Messy Collaboration): each label is replaced with probability
+    `rate` by a class drawn uniformly over all `num_classes` classes (0 .. num_classes-1 inclusive)."""
+    replace = torch.rand(labels.shape, device=labels.device, generator=generator) < rate
+    random = torch.randint(0, num_classes, labels.shape, device=labels.device, generator=generator)
+    return torch.where(replace, random, labels)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded per-class split: (kept indices, held-out indices), held out ~fraction of each class."""
+    g = torch.Generator().manual_seed(int(seed))
+    keep, held = [], []
+    labels = labels.cpu()
+    for cls in torch.unique(labels):
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = int(round(fraction * len(idx)))
+        held.append(idx[:k])
+        keep.append(idx[k:])
+    return torch.cat(keep).sort().values, torch.cat(held).sort().values
