@@ -129,11 +129,12 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 
 class DeviceSampler:
-    """Seeded epoch iterator over a device-resident dataset.
+    """Seeded epoch sampler over a device-resident dataset.
 
-    Each epoch draws one permutation from `generator`, then yields (augmented uint8 images, labels)
-    batches gathered by index on the data's device.  The last partial batch is kept, as a default
-    PyTorch DataLoader does.  All randomness comes from `generator`, whose state a checkpoint stores.
+    `permutation()` draws one epoch's order from `generator`; `batch(perm, step)` gathers that
+    step's images and labels by index on the data's device and augments them as one batch.  The
+    last partial batch is kept, as a default PyTorch DataLoader does.  Because an epoch is fully
+    described by (generator state, permutation, step), a checkpoint can resume mid-epoch exactly.
     """
 
     def __init__(
@@ -153,15 +154,20 @@ class DeviceSampler:
     def __len__(self) -> int:
         return -(-len(self.data) // self.batch_size)
 
+    def permutation(self) -> torch.Tensor:
+        return torch.randperm(len(self.data), device=self.data.images.device, generator=self.generator)
+
+    def batch(self, perm: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = perm[step * self.batch_size : (step + 1) * self.batch_size]
+        images = self.data.images[idx]
+        if self.augmentation is not None:
+            images = random_crop_flip(images, self.augmentation, self.generator)
+        return images, self.data.labels[idx]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.data)
-        perm = torch.randperm(n, device=self.data.images.device, generator=self.generator)
-        for start in range(0, n, self.batch_size):
-            idx = perm[start : start + self.batch_size]
-            images = self.data.images[idx]
-            if self.augmentation is not None:
-                images = random_crop_flip(images, self.augmentation, self.generator)
-            yield images, self.data.labels[idx]
+        perm = self.permutation()
+        for step in range(len(self)):
+            yield self.batch(perm, step)
 
 
 def iterate_batches(data: ImageData, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,172 @@
+"""The method registry: every distillation method as a small declarative entry.
+
+A method says what the student sees, whether and how the teacher is used, how targets or teacher
+logits are perturbed, and which weighted loss terms make up the objective.  The one training step in
+`noisekd.train` interprets these entries; no method has a training loop of its own.
+
+Conventions that hold for every method:
+- The teacher always sees the clean (augmented) image, runs under no_grad with BatchNorm in eval
+  mode and never receives gradients.  Fickle Teacher additionally keeps the teacher's dropout active.
+- Gaussian input noise x + N(0, sigma^2) is *not* clipped to [0, 1] by default: Eq. 2 of the paper
+  and Gaussian augmentation as in randomized smoothing (Cohen et al.) add plain white noise, and
+  clipping would bias it (a pixel at 0 or 1 could only move inwards).  `clip_noisy_input` turns
+  clipping on.
+- Cross-entropy is always on the student's logits for the student's input and the (possibly
+  re-drawn) targets.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Literal
+
+from .io import NoiseKDError
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """Hyper-parameters of all methods; each is a config value.  Defaults are the paper's."""
+
+    alpha: float = 0.9  # KD balance (Eq. 1)
+    tau: float = 4.0  # KD temperature
+    beta: float = 1000.0  # attention transfer (Zagoruyko & Komodakis)
+    gamma: float = 3000.0  # similarity preserving (Tung & Mori)
+    lambda_d: float = 25.0  # RKD distance (Park et al.)
+    lambda_a: float = 50.0  # RKD angle
+    lambda_fm: float = 1.0  # clean->noisy feature mimicry (Hong et al.); not given in the seeds
+    sigma: float = 0.0  # std of Gaussian input noise (GA, SR, feature mimicry), pixel scale [0, 1]
+    dropout: float = 0.0  # teacher dropout rate (Fickle Teacher), selects the dropout teacher
+    mc_rate: float = 0.0  # per-batch label re-draw probability r (Messy Collaboration)
+    nt_sigma: float = 0.0  # Noisy Teacher: std of xi in z * (1 + xi)
+    nt_rate: float = 0.0  # Noisy Teacher: probability that a sample's teacher logits are perturbed
+    clip_noisy_input: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("sigma", "tau", "beta", "gamma", "lambda_d", "lambda_a", "lambda_fm", "nt_sigma"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise NoiseKDError(f"method parameter {name} must be a finite number >= 0, got {value}")
+        if self.tau == 0:
+            raise NoiseKDError("method parameter tau must be > 0")
+        for name in ("alpha", "mc_rate", "nt_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise NoiseKDError(f"method parameter {name} must be in [0, 1], got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise NoiseKDError(f"method parameter dropout must be in [0, 1), got {self.dropout}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MethodParams":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise NoiseKDError(f"unknown method parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+Weights = Callable[[MethodParams], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    weights: Weights  # loss term name -> weight, see noisekd.train.TERMS
+    student_input: Literal["clean", "gaussian"] = "clean"
+    teacher: bool = False  # needs a teacher at all
+    fickle_teacher: bool = False  # teacher trained with dropout `dropout`, dropout kept active
+    relabel: bool = False  # per-batch random re-draw of targets with probability mc_rate
+    perturb_teacher_logits: bool = False  # Noisy Teacher: z * (1 + xi) for a fraction nt_rate
+    paper_params: tuple[str, ...] = field(default=())  # the parameters that name a cell, e.g. sigma
+
+    def terms(self, params: MethodParams) -> dict[str, float]:
+        return {name: float(w) for name, w in self.weights(params).items() if w != 0}
+
+    def check(self, params: MethodParams) -> None:
+        """Refuse parameter values that would silently turn a method into another one."""
+        if self.student_input == "gaussian" and params.sigma <= 0:
+            raise NoiseKDError(f"method {self.name} needs sigma > 0, got {params.sigma}")
+        if self.fickle_teacher and params.dropout <= 0:
+            raise NoiseKDError(f"method {self.name} needs a dropout teacher (dropout > 0), got {params.dropout}")
+        if self.perturb_teacher_logits and (params.nt_sigma <= 0 or params.nt_rate <= 0):
+            raise NoiseKDError(f"method {self.name} needs nt_sigma > 0 and nt_rate > 0")
+        if self.relabel and params.mc_rate <= 0:
+            raise NoiseKDError(f"method {self.name} needs mc_rate > 0, got {params.mc_rate}")
+
+
+def _ce(p: MethodParams) -> dict[str, float]:
+    return {"ce": 1.0}
+
+
+def _hinton(p: MethodParams) -> dict[str, float]:
+    """Eq. 1: (1 - alpha) CE + alpha tau^2 KL."""
+    return {"ce": 1.0 - p.alpha, "kd": p.alpha}
+
+
+# The feature-based methods, each added to CE alone (as published), to Hinton (+H) or to Fickle
+# Teacher (+FT) as in Table 2.  AT's weight is beta/2: Zagoruyko & Komodakis' Eq. 2 and their code
+# multiply the summed attention loss by beta/2 with beta = 1000.
+FEATURE_TERMS: dict[str, tuple[str, Weights]] = {
+    "at": ("Attention transfer (Zagoruyko & Komodakis)", lambda p: {"at": p.beta / 2}),
+    "sp": ("Similarity preserving (Tung & Mori)", lambda p: {"sp": p.gamma}),
+    "rkd_d": ("Relational KD, distance (Park et al.)", lambda p: {"rkd_d": p.lambda_d}),
+    "rkd_a": ("Relational KD, angle (Park et al.)", lambda p: {"rkd_a": p.lambda_a}),
+    "rkd_da": (
+        "Relational KD, distance and angle (Park et al.)",
+        lambda p: {"rkd_d": p.lambda_d, "rkd_a": p.lambda_a},
+    ),
+}
+
+
+def _combine(*parts: Weights) -> Weights:
+    def weights(p: MethodParams) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for part in parts:
+            out.update(part(p))
+        return out
+
+    return weights
+
+
+def _build_registry() -> dict[str, Method]:
+    methods = [
+        Method("baseline", "Student trained alone with cross-entropy", _ce),
+        Method("ga", "Gaussian augmentation: CE on x + N(0, sigma^2), no teacher", _ce,
+               student_input="gaussian", paper_params=("sigma",)),
+        Method("hinton", "Hinton et al. knowledge distillation (Eq. 1)", _hinton, teacher=True),
+        Method("ft", "Fickle Teacher: Hinton KD from a dropout teacher whose dropout stays active",
+               _hinton, teacher=True, fickle_teacher=True, paper_params=("dropout",)),
+        Method("sr", "Soft Randomization: student on x + N(0, sigma^2), teacher on clean x (Eq. 2)",
+               _hinton, student_input="gaussian", teacher=True, paper_params=("sigma",)),
+        Method("mc", "Messy Collaboration: Hinton KD with targets re-drawn per batch with rate r",
+               _hinton, teacher=True, relabel=True, paper_params=("mc_rate",)),
+        Method("noisy_teacher", "Sau & Balasubramanian: L2 logit regression on z * (1 + xi)",
+               lambda p: {"logit_l2": 1.0}, teacher=True, perturb_teacher_logits=True,
+               paper_params=("nt_sigma", "nt_rate")),
+        Method("noisy_teacher_kl", "Noisy Teacher with Hinton's KL objective instead of the L2 loss",
+               _hinton, teacher=True, perturb_teacher_logits=True, paper_params=("nt_sigma", "nt_rate")),
+        Method("feature_mimicry", "Hong et al.: CE on noisy input + MSE(student(x + n), teacher(x)) features",
+               lambda p: {"ce": 1.0, "fm": p.lambda_fm}, student_input="gaussian", teacher=True,
+               paper_params=("sigma",)),
+    ]
+    for key, (desc, extra) in FEATURE_TERMS.items():
+        methods.append(Method(key, desc, _combine(_ce, extra), teacher=True))
+        methods.append(Method(f"{key}+hinton", f"{desc} + Hinton KD", _combine(_hinton, extra), teacher=True))
+        methods.append(Method(f"{key}+ft", f"{desc} + Fickle Teacher", _combine(_hinton, extra), teacher=True,
+                              fickle_teacher=True, paper_params=("dropout",)))
+    return {m.name: m for m in methods}
+
+
+METHODS: dict[str, Method] = _build_registry()
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise NoiseKDError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}") from None
+
+
+def with_params(params: MethodParams, **changes) -> MethodParams:
+    return replace(params, **changes)

@@ -1,0 +1,428 @@
+"""One deterministic, resumable training loop for teachers and students.
+
+SGD (momentum 0.9, weight decay 5e-4 -- the paper omits weight decay; 5e-4 is the value of the
+codebases it follows, Zagoruyko's and Tung & Mori's), batch 128, lr 0.1 multiplied by 0.2 at the
+milestones.  Every random draw (permutation, crop, flip, input noise, label re-draw, logit noise,
+dropout) comes from one seeded generator on the training device whose state is checkpointed, so a
+resumed run ends bit-identical (CPU) to an uninterrupted one.
+
+The training step does no host synchronisation: loss and accuracy accumulate on the device and a
+non-finite loss is recorded as a device-side step index that is checked every `check_every` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from . import losses
+from .data import Augmentation, DeviceSampler, ImageData, random_relabel, to_float
+from .io import NoiseKDError, load_torch, save_torch_atomic, write_json_atomic
+from .methods import Method, MethodParams
+from .models import WideResNet, WRNSpec
+
+CHECKPOINT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss terms: name -> function of the step context and the parameters
+
+
+@dataclass
+class StepContext:
+    student_logits: torch.Tensor
+    targets: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    student_features: object = None
+    teacher_features: object = None
+
+
+TERMS: dict[str, Callable[[StepContext, MethodParams], torch.Tensor]] = {
+    "ce": lambda c, p: losses.cross_entropy(c.student_logits, c.targets),
+    "kd": lambda c, p: losses.hinton_kd(c.student_logits, c.teacher_logits, p.tau),
+    "logit_l2": lambda c, p: losses.logit_l2(c.student_logits, c.teacher_logits),
+    "at": lambda c, p: losses.attention_transfer(c.student_features.groups, c.teacher_features.groups),
+    "sp": lambda c, p: losses.similarity_preserving(c.student_features.last, c.teacher_features.last),
+    "rkd_d": lambda c, p: losses.rkd_distance(c.student_features.embedding, c.teacher_features.embedding),
+    "rkd_a": lambda c, p: losses.rkd_angle(c.student_features.embedding, c.teacher_features.embedding),
+    "fm": lambda c, p: losses.feature_mimicry(c.student_features.embedding, c.teacher_features.embedding),
+}
+FEATURE_TERMS = {"at", "sp", "rkd_d", "rkd_a", "fm"}
+TEACHER_TERMS = {"kd", "logit_l2"} | FEATURE_TERMS
+
+
+def perturb_logits(logits: torch.Tensor, sigma: float, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Noisy Teacher (Sau & Balasubramanian, 2016): z' = z * (1 + xi), xi ~ N(0, sigma^2) drawn per
+    logit, applied to each sample with probability `rate` (their alpha); other samples keep z."""
+    b = logits.shape[0]
+    chosen = torch.rand(b, 1, device=logits.device, generator=generator) < rate
+    xi = torch.randn(logits.shape, device=logits.device, generator=generator) * sigma
+    return torch.where(chosen, logits * (1.0 + xi), logits)
+
+
+def set_teacher_mode(teacher: WideResNet, fickle: bool) -> None:
+    """BatchNorm always in eval mode (frozen statistics); dropout active only for Fickle Teacher."""
+    teacher.eval()
+    for module in teacher.dropout_modules():
+        module.train(fickle)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+
+def distillation_loss(
+    method: Method,
+    params: MethodParams,
+    student: WideResNet,
+    teacher: WideResNet | None,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one training objective: (loss, student logits) for a batch of float images in [0, 1].
+
+    Draw order from `generator` (fixed, for determinism): targets, input noise, logit noise; dropout
+    masks are drawn by the networks' SeededDropout modules during the forward passes.
+    """
+    terms = method.terms(params)
+    targets = random_relabel(labels, params.mc_rate, num_classes, generator) if method.relabel else labels
+    student_input = images
+    if method.student_input == "gaussian":
+        noise = torch.randn(images.shape, device=images.device, generator=generator)
+        student_input = images + params.sigma * noise
+        if params.clip_noisy_input:
+            student_input = student_input.clamp(0.0, 1.0)
+    want_features = bool(FEATURE_TERMS & terms.keys())
+    ctx = StepContext(student_logits=None, targets=targets)  # type: ignore[arg-type]
+    if TEACHER_TERMS & terms.keys():
+        if teacher is None:
+            raise NoiseKDError(f"method {method.name} needs a teacher")
+        with torch.no_grad():
+            out = teacher(images, features=want_features)
+        ctx.teacher_logits, ctx.teacher_features = out if want_features else (out, None)
+        if method.perturb_teacher_logits:
+            ctx.teacher_logits = perturb_logits(ctx.teacher_logits, params.nt_sigma, params.nt_rate, generator)
+    out = student(student_input, features=want_features)
+    ctx.student_logits, ctx.student_features = out if want_features else (out, None)
+    loss = sum(weight * TERMS[name](ctx, params) for name, weight in terms.items())
+    return loss, ctx.student_logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200
+    milestones: tuple[int, ...] = (60, 120, 150)
+    lr: float = 0.1
+    lr_decay: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
+    check_every: int = 50  # steps between (cheap) host checks for a non-finite loss
+    amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU
+    channels_last: bool = True  # on CUDA
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise NoiseKDError(f"train.epochs must be >= 1, got {self.epochs}")
+        ms = list(self.milestones)
+        if ms != sorted(ms) or len(set(ms)) != len(ms) or any(m < 1 for m in ms):
+            raise NoiseKDError(f"train.milestones must be increasing positive epochs, got {ms}")
+        if ms and ms[-1] >= self.epochs:
+            raise NoiseKDError(f"train.milestones {ms} has a milestone beyond the last epoch ({self.epochs})")
+        for name in ("lr", "lr_decay", "momentum", "weight_decay"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise NoiseKDError(f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1 or self.checkpoint_every < 1 or self.check_every < 1:
+            raise NoiseKDError("train.batch_size, checkpoint_every and check_every must be >= 1")
+
+    def lr_at(self, epoch: int) -> float:
+        """MultiStepLR semantics, derived from the epoch so a resumed run needs no scheduler state."""
+        return self.lr * self.lr_decay ** sum(1 for m in self.milestones if m <= epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models and checkpoints
+
+
+def build_model(spec: WRNSpec, seed: int) -> WideResNet:
+    """Initialise on the CPU from `seed` without touching the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WideResNet(spec)
+
+
+def save_model(path: str | Path, model: WideResNet, **extra) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_torch_atomic(path, {"format": "noisekd-model", "spec": asdict(model.spec), "state_dict": state, **extra})
+
+
+def _spec_from(obj: dict, path) -> WRNSpec:
+    try:
+        d = dict(obj["spec"])
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return WRNSpec(**d)
+    except (KeyError, TypeError) as exc:
+        raise NoiseKDError(f"checkpoint {path} has no valid model spec ({exc})") from None
+
+
+def load_model(path: str | Path, expected: WRNSpec | None = None, device: str | torch.device = "cpu") -> WideResNet:
+    """Load a saved model with weights_only=True; refuse one of another architecture."""
+    obj = load_torch(path)
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise NoiseKDError(f"checkpoint {path} is not a noisekd model file")
+    spec = _spec_from(obj, path)
+    if expected is not None and not spec.same_architecture(expected):
+        raise NoiseKDError(f"checkpoint {path} holds {spec.name} ({spec}), expected {expected.name} ({expected})")
+    model = WideResNet(spec)
+    try:
+        model.load_state_dict(obj["state_dict"])
+    except RuntimeError as exc:
+        raise NoiseKDError(f"checkpoint {path} does not fit {spec.name}: {str(exc).splitlines()[0]}") from None
+    return model.to(device)
+
+
+class TrainingInterrupted(Exception):
+    """Raised after SIGTERM/SIGINT once a checkpoint has been saved; the caller exits non-zero."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(flag: dict):
+    """Turn SIGTERM (SLURM time limit / preemption) into a flag the loop checks between steps."""
+    previous = {}
+
+    def handler(signum, _frame):
+        flag["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class TrainResult:
+    summary: dict
+    model: WideResNet = field(repr=False)
+
+
+def fit(
+    student: WideResNet,
+    train_data: ImageData,
+    config: TrainConfig,
+    method: Method,
+    params: MethodParams = MethodParams(),
+    teacher: WideResNet | None = None,
+    augmentation: Augmentation | None = Augmentation(),
+    checkpoint_path: str | Path | None = None,
+    device: str | torch.device | None = "auto",
+    log: Callable[[str], None] = print,
+    run_info: dict | None = None,
+) -> TrainResult:
+    """Train `student` in place with `method`; resume from `checkpoint_path` if it exists.
+
+    Returns the trained model and a JSON-able summary.  Raises NoiseKDError on a non-finite loss
+    (naming epoch and step) and TrainingInterrupted after SIGTERM (checkpoint saved first).
+    """
+    device = resolve_device(device)
+    method.check(params)
+    if method.teacher and teacher is None:
+        raise NoiseKDError(f"method {method.name} needs a teacher checkpoint")
+    if teacher is not None and "fm" in method.terms(params) and teacher.embedding_dim != student.embedding_dim:
+        raise NoiseKDError(
+            f"method {method.name} matches embeddings, but teacher {teacher.spec.name} has embedding width "
+            f"{teacher.embedding_dim} and student {student.spec.name} has {student.embedding_dim}"
+        )
+    num_classes = train_data.num_classes
+    if student.spec.num_classes != num_classes:
+        raise NoiseKDError(f"student has {student.spec.num_classes} outputs, data has {num_classes} classes")
+
+    on_cuda = device.type == "cuda"
+    memory_format = torch.channels_last if (on_cuda and config.channels_last) else torch.contiguous_format
+    student = student.to(device, memory_format=memory_format)
+    if teacher is not None:
+        teacher = teacher.to(device, memory_format=memory_format)
+        set_teacher_mode(teacher, fickle=method.fickle_teacher)
+    data = train_data.to(device)
+
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    for module in student.dropout_modules() + (teacher.dropout_modules() if teacher is not None else []):
+        module.generator = generator
+    optimizer = torch.optim.SGD(
+        student.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        **({"fused": True} if on_cuda else {}),
+    )
+    sampler = DeviceSampler(data, config.batch_size, generator, augmentation)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if (on_cuda and config.amp) else contextlib.nullcontext()
+    )
+
+    start_epoch, start_step, perm = 0, 0, None
+    acc_loss = torch.zeros((), device=device, dtype=torch.float64)
+    acc_correct = torch.zeros((), device=device, dtype=torch.int64)
+    history: list[dict] = []
+    identity = {"method": method.name, "params": asdict(params), "config": asdict(config), "spec": asdict(student.spec)}
+
+    if checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_torch(checkpoint_path, map_location=device)
+        if state.get("identity") != json.loads(json.dumps(identity)):
+            raise NoiseKDError(
+                f"checkpoint {checkpoint_path} belongs to a different run (method/params/config/architecture differ); "
+                "delete it to start over"
+            )
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"].cpu())
+        start_epoch, start_step = state["epoch"], state["step"]
+        perm = state["perm"].to(device) if state["perm"] is not None else None
+        acc_loss.fill_(state["acc_loss"])
+        acc_correct.fill_(state["acc_correct"])
+        history = list(state["history"])
+        log(f"resumed from {checkpoint_path} at epoch {start_epoch + 1}, step {start_step}")
+
+    def save_checkpoint(epoch: int, step: int, perm: torch.Tensor | None) -> None:
+        if checkpoint_path is None:
+            return
+        save_torch_atomic(
+            checkpoint_path,
+            {
+                "version": CHECKPOINT_VERSION,
+                "identity": json.loads(json.dumps(identity)),
+                "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                "optimizer": _to_cpu(optimizer.state_dict()),
+                "generator": generator.get_state().cpu(),
+                "epoch": epoch,
+                "step": step,
+                "perm": perm.cpu() if perm is not None else None,
+                "acc_loss": float(acc_loss),
+                "acc_correct": int(acc_correct),
+                "history": history,
+            },
+        )
+
+    flag: dict = {}
+    steps_per_epoch = len(sampler)
+    n = len(data)
+    bad_step = torch.full((), -1, device=device, dtype=torch.int64)
+    log(
+        f"training {student.spec.name} with {method.name} on {n} images, {config.epochs} epochs, "
+        f"{steps_per_epoch} steps/epoch, device {device}, seed {config.seed}"
+    )
+    with _stop_on_signals(flag):
+        for epoch in range(start_epoch, config.epochs):
+            lr = config.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            student.train()
+            if perm is None:
+                perm = sampler.permutation()
+                acc_loss.zero_()
+                acc_correct.zero_()
+            t0 = time.perf_counter()
+            images_seen = 0
+            for step in range(start_step, steps_per_epoch):
+                images, labels = sampler.batch(perm, step)
+                x = to_float(images)
+                if on_cuda and config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    loss, logits = distillation_loss(
+                        method, params, student, teacher, x, labels, num_classes, generator
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                detached = loss.detach()
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
+                acc_loss += detached.double() * len(labels)
+                acc_correct += (logits.detach().argmax(1) == labels).sum()
+                images_seen += len(labels)
+                last = step == steps_per_epoch - 1
+                if (step + 1) % config.check_every == 0 or last or flag:
+                    _raise_if_bad(bad_step, epoch)
+                if flag and not last:
+                    save_checkpoint(epoch, step + 1, perm)
+                    log(f"signal {flag['signal']}: checkpoint saved at epoch {epoch + 1}, step {step + 1}")
+                    raise TrainingInterrupted(f"interrupted by signal {flag['signal']} at epoch {epoch + 1}")
+            elapsed = time.perf_counter() - t0
+            record = {
+                "epoch": epoch + 1,
+                "loss": float(acc_loss) / n,
+                "train_acc": float(acc_correct) / n,
+                "lr": lr,
+                "images_per_s": images_seen / max(elapsed, 1e-9),
+            }
+            history.append(record)
+            log(
+                f"epoch {epoch + 1:>4}/{config.epochs}  loss {record['loss']:.4f}  "
+                f"train_acc {100 * record['train_acc']:6.2f}%  lr {lr:.5f}  {record['images_per_s']:9.1f} img/s"
+            )
+            perm, start_step = None, 0
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or flag:
+                save_checkpoint(epoch + 1, 0, None)
+            if flag and epoch + 1 < config.epochs:
+                log(f"signal {flag['signal']}: checkpoint saved after epoch {epoch + 1}")
+                raise TrainingInterrupted(f"interrupted by signal {flag['signal']} after epoch {epoch + 1}")
+
+    summary = {
+        **identity,
+        "run": run_info or {},
+        "epochs_done": config.epochs,
+        "final_loss": history[-1]["loss"] if history else None,
+        "final_train_acc": history[-1]["train_acc"] if history else None,
+        "history": history,
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    return TrainResult(summary=summary, model=student)
+
+
+def _raise_if_bad(bad_step: torch.Tensor, epoch: int) -> None:
+    step = int(bad_step)  # the only host sync, every check_every steps
+    if step >= 0:
+        raise NoiseKDError(
+            f"non-finite loss at epoch {epoch + 1}, step {step + 1}; stopped without checkpointing this epoch"
+        )
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj

@@ -1,0 +1,90 @@
+import pytest
+import torch
+from torch import nn
+
+from noisekd.models import SeededDropout, WRNSpec, count_parameters, wide_resnet
+from noisekd.train import build_model
+
+
+@pytest.mark.parametrize("depth,width,expected", [(40, 2, 2_243_546), (16, 2, 691_674)])
+def test_parameter_counts_match_the_published_wrns(depth, width, expected):
+    assert count_parameters(wide_resnet(depth, width)) == expected
+
+
+def test_block_structure_is_pre_activation_with_projection_on_the_activated_input():
+    model = wide_resnet(16, 2)
+    first = model.groups[0][0]
+    # 16 -> 32 channels: the first block of group 1 needs a 1x1 projection; later blocks do not.
+    assert isinstance(first.shortcut, nn.Conv2d) and first.shortcut.kernel_size == (1, 1)
+    assert model.groups[0][1].shortcut is None
+    assert model.groups[1][0].shortcut.stride == (2, 2)
+    # projection sees relu(bn1(x)): zeroing bn1 (weight=bias=0) must zero the projected path
+    x = torch.rand(2, 16, 8, 8)
+    block = first.eval()
+    with torch.no_grad():
+        block.bn1.weight.zero_()
+        block.bn1.bias.zero_()
+        assert torch.count_nonzero(block.shortcut(torch.relu(block.bn1(x)))) == 0
+
+
+def test_features_have_the_shapes_distillation_needs():
+    model = wide_resnet(16, 2).eval()
+    logits, feats = model(torch.rand(3, 3, 32, 32), features=True)
+    assert logits.shape == (3, 10)
+    assert [tuple(g.shape) for g in feats.groups] == [(3, 32, 32, 32), (3, 64, 16, 16), (3, 128, 8, 8)]
+    assert feats.last is feats.groups[-1]
+    assert feats.embedding.shape == (3, 128)
+    assert torch.equal(model(torch.zeros(1, 3, 32, 32)), model(torch.zeros(1, 3, 32, 32)))
+    # the embedding is the pooled, BN-ReLU'd last group output feeding the classifier
+    emb = torch.relu(model.bn(feats.last)).mean((2, 3))
+    torch.testing.assert_close(feats.embedding, emb)
+    torch.testing.assert_close(logits, model.fc(emb))
+
+
+def test_any_input_size_and_teacher_student_feature_compatibility():
+    teacher, student = wide_resnet(40, 2).eval(), wide_resnet(16, 2).eval()
+    for size in (16, 24, 32):
+        x = torch.rand(2, 3, size, size)
+        _, ft = teacher(x, features=True)
+        _, fs = student(x, features=True)
+        assert [g.shape for g in ft.groups] == [g.shape for g in fs.groups]
+        assert ft.embedding.shape == fs.embedding.shape
+
+
+def test_normalisation_lives_inside_the_model():
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    a = build_model(WRNSpec(10, 1, mean=mean, std=std), seed=0).eval()
+    b = build_model(WRNSpec(10, 1), seed=0).eval()
+    x = torch.rand(2, 3, 16, 16)
+    xn = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(a(x), b(xn))
+    assert "mean" not in a.state_dict()  # preprocessing comes from the spec, not the weights
+
+
+def test_invalid_architectures_are_refused():
+    with pytest.raises(ValueError, match="6n\\+4"):
+        wide_resnet(20, 2)
+    with pytest.raises(ValueError, match="dropout"):
+        wide_resnet(16, 2, dropout=1.0)
+
+
+def test_seeded_dropout_draws_from_its_generator():
+    drop = SeededDropout(0.5).train()
+    x = torch.ones(1000)
+    drop.generator = torch.Generator().manual_seed(3)
+    a = drop(x)
+    drop.generator = torch.Generator().manual_seed(3)
+    b = drop(x)
+    assert torch.equal(a, b)
+    assert set(a.unique().tolist()) <= {0.0, 2.0}
+    assert 0.4 < (a == 0).float().mean() < 0.6
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_build_model_is_seeded_and_leaves_global_rng_alone():
+    state = torch.get_rng_state()
+    a, b = build_model(WRNSpec(10, 1), 5), build_model(WRNSpec(10, 1), 5)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    c = build_model(WRNSpec(10, 1), 6)
+    assert not torch.equal(a.stem.weight, c.stem.weight)

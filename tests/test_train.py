@@ -1,0 +1,162 @@
+import pickle
+import signal
+import time
+
+import pytest
+import torch
+
+import noisekd.data
+from noisekd.data import Augmentation, ImageData
+from noisekd.io import NoiseKDError
+from noisekd.methods import MethodParams, get_method
+from noisekd.models import WRNSpec
+from noisekd.train import TrainConfig, TrainingInterrupted, build_model, fit, load_model, save_model
+
+
+def _data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    # learnable: class-dependent brightness plus noise
+    images = (labels.view(-1, 1, 1, 1) * 20 + torch.randint(0, 60, (n, 3, 8, 8), generator=g)).to(torch.uint8)
+    return ImageData(images, labels, tuple(str(i) for i in range(10)))
+
+
+CFG = TrainConfig(epochs=3, milestones=(2,), batch_size=32, seed=7)
+
+
+def _run(method="ft", params=MethodParams(dropout=0.2), cfg=CFG, ckpt=None, log=lambda s: None, seed=1):
+    teacher = build_model(WRNSpec(10, 1, dropout=params.dropout), 0)
+    student = build_model(WRNSpec(10, 1, dropout=0.1), seed)  # student dropout too: every draw is seeded
+    return fit(student, _data(), cfg, get_method(method), params, teacher=teacher,
+               augmentation=Augmentation(crop_padding=2, hflip=True), checkpoint_path=ckpt, device="cpu", log=log)
+
+
+def _state(result):
+    return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+def _equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_bit_identical_other_seed_different():
+    a, b = _run(), _run()
+    assert _equal(_state(a), _state(b))
+    assert a.summary["history"] == [{**h, "images_per_s": h2["images_per_s"]}
+                                    for h, h2 in zip(b.summary["history"], a.summary["history"])]
+    c = _run(cfg=TrainConfig(epochs=3, milestones=(2,), batch_size=32, seed=8))
+    assert not _equal(_state(a), _state(c))
+
+
+def test_lr_schedule_follows_the_milestones():
+    cfg = TrainConfig(epochs=200, milestones=(60, 120, 150))
+    assert [cfg.lr_at(e) for e in (0, 59, 60, 119, 120, 150, 199)] == pytest.approx(
+        [0.1, 0.1, 0.02, 0.02, 0.004, 0.0008, 0.0008])
+    lrs = [h["lr"] for h in _run().summary["history"]]
+    assert lrs == pytest.approx([0.1, 0.1, 0.02])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_between_epochs_is_bit_identical(tmp_path):
+    reference = _state(_run())
+    ckpt = tmp_path / "ckpt.pt"
+
+    def die_at_epoch_3(line):
+        if line.startswith("epoch    3/"):
+            raise Killed  # after epoch 2's checkpoint, before epoch 3's
+
+    with pytest.raises(Killed):
+        _run(ckpt=ckpt, log=die_at_epoch_3)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == 2
+    lines = []
+    resumed = _run(ckpt=ckpt, log=lines.append)
+    assert any(line.startswith("resumed from") for line in lines)
+    assert _equal(_state(resumed), reference)
+
+
+@pytest.mark.parametrize("kill_at_batch", [1, 4, 8])
+def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path, monkeypatch, kill_at_batch):
+    reference = _state(_run())
+    ckpt = tmp_path / "ckpt.pt"
+    original = noisekd.data.DeviceSampler.batch
+    calls = {"n": 0}
+
+    def batch_then_sigterm(self, perm, step):
+        calls["n"] += 1
+        if calls["n"] == kill_at_batch:
+            signal.raise_signal(signal.SIGTERM)  # what SLURM sends at a time limit
+        return original(self, perm, step)
+
+    monkeypatch.setattr(noisekd.data.DeviceSampler, "batch", batch_then_sigterm)
+    with pytest.raises(TrainingInterrupted):
+        _run(ckpt=ckpt)
+    monkeypatch.setattr(noisekd.data.DeviceSampler, "batch", original)
+    state = torch.load(ckpt, weights_only=True)
+    assert (state["epoch"], state["step"]) == divmod(kill_at_batch, 3)  # 96 images / 32 = 3 steps per epoch
+    assert _equal(_state(_run(ckpt=ckpt)), reference)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    _run(ckpt=ckpt)
+    with pytest.raises(NoiseKDError, match="different run"):
+        _run(ckpt=ckpt, params=MethodParams(dropout=0.3))
+
+
+def test_non_finite_loss_stops_with_epoch_and_step():
+    cfg = TrainConfig(epochs=3, milestones=(), lr=1e12, batch_size=32, seed=0, check_every=1)
+    with pytest.raises(NoiseKDError, match=r"non-finite loss at epoch \d+, step \d+"):
+        _run(method="hinton", params=MethodParams(), cfg=cfg)
+
+
+def test_progress_line_per_epoch():
+    lines = []
+    _run(log=lines.append)
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == 3
+    for key in ("loss", "train_acc", "lr", "img/s"):
+        assert key in epoch_lines[0]
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(epochs=10, milestones=(5, 12)), "beyond the last epoch"),
+    (dict(epochs=0), "epochs"),
+    (dict(milestones=(120, 60)), "increasing"),
+    (dict(lr=-0.1), "lr"),
+])
+def test_bad_train_config_is_refused(bad, match):
+    with pytest.raises(NoiseKDError, match=match):
+        TrainConfig(**bad)
+
+
+def test_model_files_load_weights_only_and_refuse_other_architectures(tmp_path):
+    model = build_model(WRNSpec(16, 2), 0)
+    path = tmp_path / "model.pt"
+    save_model(path, model, summary={"acc": 0.5})
+    loaded = load_model(path, expected=WRNSpec(16, 2, dropout=0.3))  # dropout is not architecture
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(NoiseKDError, match=r"holds WRN-16-2 .* expected WRN-40-2"):
+        load_model(path, expected=WRNSpec(40, 2))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(NoiseKDError, match="truncated.pt"):
+        load_model(truncated)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (time.sleep, (0,))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"spec": {}, "state_dict": {}, "payload": _Evil()}, path)
+    with pytest.raises(NoiseKDError, match="evil.pt.*weights-only"):
+        load_model(path)
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(NoiseKDError, match="raw.pt"):
+        load_model(raw)
