@@ -1,0 +1,28 @@
+"""Noise in knowledge distillation: the paper's DAG from dataset download to tables and figures.
+
+snakemake --profile slurm all_tables                        # paper protocol on a SLURM cluster
+snakemake --configfile presets/demo.yaml --cores 2 all_tables   # offline demo, minutes on a laptop
+snakemake --configfile presets/demo.yaml --cores 2 figure2      # one figure, only what it needs
+"""
+
+from snakemake.utils import min_version, validate
+
+from noisekd.plan import Plan, report_inputs, report_names
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+PLAN = Plan(config)
+R = PLAN.results
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/teachers.smk"
+include: "rules/students.smk"
+include: "rules/evaluation.smk"
+include: "rules/report.smk"

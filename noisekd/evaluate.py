@@ -1,0 +1,181 @@
+"""Evaluation: clean, out-of-distribution, corruption (mCA, conditional) and PGD robust accuracy.
+
+Everything runs on device-resident uint8 data in large no-grad batches (attacks excepted) and
+returns tidy rows: one dict per (metric, condition) with the columns of `ROW_COLUMNS`.  The rows
+are written to parquet by `write_rows`, atomically.
+
+Metric names:
+- test_acc: clean test accuracy; ood_acc: accuracy on the out-of-distribution set (CINIC-10's
+  ImageNet subset, or the demo's printed digits);
+- corruption_acc / corruption_cond_acc (per corruption x severity): accuracy on the corrupted image,
+  and Gu et al.'s conditional accuracy (among images whose clean version is classified correctly);
+- mca / mca_cond: their means over all corruption x severity cells (19 x 5 for CIFAR-10-C);
+- robust_acc_worst_of_restarts: per-sample worst case over PGD restarts;
+  robust_acc_min_over_runs: the paper authors' aggregate (worst of the whole-test-set runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from .attacks import robust_accuracy
+from .data import ImageData, to_float
+from .io import NoiseKDError, atomic_path
+
+ROW_COLUMNS = (
+    "run_id", "role", "dataset", "method", "cell", "params", "label_corruption", "seed", "teacher_seed",
+    "metric", "corruption", "severity", "attack", "steps", "eps", "step_size", "restarts", "value",
+    "config_hash", "git_commit", "versions", "device",
+)
+
+
+@dataclass(frozen=True)
+class AttackSetting:
+    """One PGD evaluation: eps and step size in [0, 1] pixel units."""
+
+    steps: int
+    eps: float
+    step_size: float
+    restarts: int = 5
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.restarts < 1 or not (self.eps >= 0) or not (self.step_size >= 0):
+            raise NoiseKDError(f"invalid attack setting {self}")
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Predicted classes for uint8 images (on the model's device), eval mode, fp32."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = to_float(images[start : start + batch_size].to(device, non_blocking=True))
+            out.append(model(x).argmax(1))
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.cat(out)
+
+
+def accuracy(model: torch.nn.Module, data: ImageData, batch_size: int = 1024) -> float:
+    pred = predict(model, data.images, batch_size)
+    return float((pred == data.labels.to(pred.device)).double().mean())
+
+
+def corruption_rows(
+    model: torch.nn.Module,
+    clean: ImageData,
+    corrupted: Iterable[tuple[str, int, ImageData]],
+    batch_size: int = 1024,
+) -> list[dict]:
+    """Accuracy and conditional accuracy for every (corruption, severity) cell, plus mCA rows."""
+    clean_pred = predict(model, clean.images, batch_size)
+    labels = clean.labels.to(clean_pred.device)
+    clean_ok = clean_pred == labels
+    rows, accs, conds = [], [], []
+    for name, severity, data in corrupted:
+        if not torch.equal(data.labels.to(labels.device), labels):
+            raise NoiseKDError(f"corrupted set {name}-{severity} is not in the clean test order (labels differ)")
+        pred = predict(model, data.images, batch_size)
+        correct = pred == labels
+        acc = float(correct.double().mean())
+        # Gu et al.: P(correct on corrupted | correct on clean); undefined if nothing is correct.
+        cond = float(correct[clean_ok].double().mean()) if bool(clean_ok.any()) else math.nan
+        accs.append(acc)
+        conds.append(cond)
+        rows.append({"metric": "corruption_acc", "corruption": name, "severity": severity, "value": acc})
+        rows.append({"metric": "corruption_cond_acc", "corruption": name, "severity": severity, "value": cond})
+    if accs:
+        rows.append({"metric": "mca", "value": float(np.mean(accs))})
+        rows.append({"metric": "mca_cond", "value": float(np.nanmean(conds)) if not all(map(math.isnan, conds)) else math.nan})
+    return rows
+
+
+def attack_rows(
+    model: torch.nn.Module,
+    data: ImageData,
+    settings: Iterable[AttackSetting],
+    seed: int,
+    batch_size: int = 512,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """PGD robust accuracy for each setting, both aggregates, with a seeded restart generator."""
+    device = next(model.parameters()).device
+    x = to_float(data.images.to(device))
+    y = data.labels.to(device)
+    rows = []
+    for i, s in enumerate(settings):
+        generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+        t0 = time.perf_counter()
+        res = robust_accuracy(model, x, y, s.eps, s.step_size, s.steps, restarts=s.restarts,
+                              generator=generator, batch_size=batch_size)
+        cond = {"attack": "pgd", "steps": s.steps, "eps": s.eps, "step_size": s.step_size, "restarts": s.restarts}
+        rows.append({**cond, "metric": "robust_acc_worst_of_restarts", "value": res["worst_of_restarts"]})
+        rows.append({**cond, "metric": "robust_acc_min_over_runs", "value": res["min_over_runs"]})
+        log(
+            f"PGD-{s.steps} eps {s.eps:.4f} step {s.step_size:.4f} x{s.restarts}: worst-of-restarts "
+            f"{100 * res['worst_of_restarts']:.2f}%  min-over-runs {100 * res['min_over_runs']:.2f}%  "
+            f"({time.perf_counter() - t0:.1f}s)"
+        )
+    return rows
+
+
+def finish_rows(rows: list[dict], identity: dict, provenance: dict) -> list[dict]:
+    """Fill identity (run, method, seed...) and provenance columns; every row gets every column."""
+    out = []
+    for row in rows:
+        full = {col: None for col in ROW_COLUMNS}
+        full.update(identity)
+        full.update(provenance)
+        full.update(row)
+        if isinstance(full.get("params"), dict):
+            full["params"] = json.dumps(full["params"], sort_keys=True)
+        out.append(full)
+    return out
+
+
+def rows_frame(rows: list[dict]):
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+    for col in ("severity", "steps", "restarts", "seed", "teacher_seed"):
+        frame[col] = frame[col].astype("Int64")
+    for col in ("eps", "step_size", "value", "label_corruption"):
+        frame[col] = frame[col].astype("float64")
+    return frame
+
+
+def write_rows(rows: list[dict], path: str | Path) -> None:
+    frame = rows_frame(rows)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def load_corrupted_stack(path: str | Path, clean: ImageData, names: tuple[str, ...]) -> Iterable[tuple[str, int, ImageData]]:
+    """Iterate over a (corruptions, 5, N, C, H, W) uint8 .npy stack written by the prepare step."""
+    try:
+        stack = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise NoiseKDError(f"corruption stack {path} is unreadable (truncated or corrupt?): {exc}") from None
+    if stack.shape[0] != len(names) or stack.shape[2:] != tuple(clean.images.shape):
+        raise NoiseKDError(f"corruption stack {path} has shape {stack.shape}, expected ({len(names)}, 5, "
+                           f"{', '.join(map(str, clean.images.shape))})")
+    for i, name in enumerate(names):
+        for s in range(stack.shape[1]):
+            yield name, s + 1, ImageData(torch.from_numpy(np.array(stack[i, s])), clean.labels, clean.classes)
+
+
+def settings_summary(settings: Iterable[AttackSetting]) -> list[dict]:
+    return [asdict(s) for s in settings]

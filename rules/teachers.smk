@@ -1,0 +1,62 @@
+# Teachers: every kind (plain, dropout p for Fickle Teacher, corrupted labels for Messy
+# Collaboration) for every teacher seed, then the best seed per kind and its evaluation.
+
+
+rule train_teacher:
+    input:
+        unpack(teacher_inputs),
+    output:
+        model=f"{TEACHER}/seed{{seed}}/model.pt",
+        summary=f"{TEACHER}/seed{{seed}}/summary.json",
+    log:
+        f"{R}/logs/train_teacher/{{dataset}}_{{kind}}_seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/train_teacher/{{dataset}}_{{kind}}_seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        runtime=config["resources"].get("train_runtime_min", 720),
+        mem_mb=config["resources"].get("train_mem_mb", 16000),
+    script:
+        "../workflow_scripts/train_teacher.py"
+
+
+rule select_teacher:
+    input:
+        teacher_summaries,
+    output:
+        f"{TEACHER}/best.json",
+    log:
+        f"{R}/logs/select_teacher/{{dataset}}_{{kind}}.log",
+    localrule: True
+    conda:
+        ENV
+    params:
+        by=config["teacher_selection"]["by"],
+    script:
+        "../workflow_scripts/select_teacher.py"
+
+
+rule evaluate_teacher:
+    input:
+        unpack(evaluation_sets),
+        best=f"{TEACHER}/best.json",
+        models=lambda wc: [
+            f"{R}/teachers/{wc.dataset}/{wc.kind}/seed{s}/model.pt"
+            for s in PLAN.teacher_seeds
+        ],
+    output:
+        f"{TEACHER}/eval.parquet",
+    log:
+        f"{R}/logs/evaluate_teacher/{{dataset}}_{{kind}}.log",
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        runtime=config["resources"].get("eval_runtime_min", 120),
+        mem_mb=config["resources"].get("train_mem_mb", 16000),
+    script:
+        "../workflow_scripts/evaluate_teacher.py"

@@ -1,0 +1,5 @@
+from noisekd.pipeline import corrupt_training_labels, run_step
+
+s = snakemake  # noqa: F821 (injected by Snakemake)
+run_step(s, corrupt_training_labels, train_path=s.input.train, rate=float(s.wildcards.rate),
+         seed=s.params.seed, out_path=s.output[0])

@@ -1,0 +1,5 @@
+from noisekd.pipeline import prepare_ood, run_step
+
+s = snakemake  # noqa: F821 (injected by Snakemake)
+run_step(s, prepare_ood, dataset_config=s.params.dataset, data_dir=s.params.data_dir,
+         test_path=s.input.test, out_path=s.output[0])

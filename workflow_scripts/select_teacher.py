@@ -1,0 +1,4 @@
+from noisekd.pipeline import run_step, select_teacher
+
+s = snakemake  # noqa: F821 (injected by Snakemake)
+run_step(s, select_teacher, summaries=list(s.input), by=s.params.by, out_path=s.output[0])
