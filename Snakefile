@@ -7,6 +7,7 @@ snakemake --configfile presets/demo.yaml --cores 2 figure2      # one figure, on
 
 from snakemake.utils import min_version, validate
 
+from noisekd.config import check_config
 from noisekd.plan import Plan, report_inputs, report_names
 
 min_version("9.0")
@@ -15,7 +16,10 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "schemas/config.schema.yaml")
+check_config(config)  # one-line error naming the key
+validate(
+    config, "schemas/config.schema.yaml"
+)  # Snakemake's own check; fills schema defaults
 PLAN = Plan(config)
 R = PLAN.results
 

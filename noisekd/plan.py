@@ -101,6 +101,7 @@ class Plan:
         self._cells: dict[str, dict[str, Cell]] = {d: {} for d in self.dataset_configs}
         self.tables: dict[str, dict] = {}
         self._build()
+        self._check()
 
     # -- building -------------------------------------------------------------------------------
 
@@ -174,6 +175,21 @@ class Plan:
                                               attacks=(self.pgd20,)))
                 self.tables.setdefault("related", {})[d] = rows
 
+    def _check(self) -> None:
+        """Refuse, at parse time, what would only fail inside a job hours later."""
+        self.train_config(0)
+        for d in self.datasets():
+            for cell in self._cells[d].values():
+                self.train_config(0, cell)
+                if "fm" in get_method(cell.method).terms(self.method_params(cell)):
+                    t, s = self.config["teacher"], self.config["student"]
+                    if t["width"] != s["width"]:
+                        raise NoiseKDError(
+                            f"config keys teacher/student: {cell.name} matches embeddings, so the teacher "
+                            f"WRN-{t['depth']}-{t['width']} and the student WRN-{s['depth']}-{s['width']} "
+                            "need the same width"
+                        )
+
     # -- queries ----------------------------------------------------------------------------------
 
     def cells(self, dataset: str) -> dict[str, Cell]:
@@ -218,14 +234,18 @@ class Plan:
         return WRNSpec(s["depth"], s["width"], num_classes, 0.0, 3, tuple(mean), tuple(std))
 
     def train_config(self, seed: int, cell: Cell | None = None) -> TrainConfig:
-        base = dict(self.config["train"])
-        if cell is not None and get_method(cell.method).fickle_teacher and cell.method == "ft":
+        base, source = dict(self.config["train"]), "train"
+        if cell is not None and cell.method == "ft":
             # §4.1: Fickle Teacher students train longer, by the teacher's dropout rate.
-            for sched in self.config.get("fickle_schedules", []):
+            for i, sched in enumerate(self.config.get("fickle_schedules", [])):
                 if abs(sched["dropout"] - cell.params["dropout"]) < 1e-9:
                     base.update(epochs=sched["epochs"], milestones=sched["milestones"])
+                    source = f"fickle_schedules[{i}]"
         base["milestones"] = tuple(base["milestones"])
-        return TrainConfig(**base, seed=int(seed))
+        try:
+            return TrainConfig(**base, seed=int(seed))
+        except NoiseKDError as exc:
+            raise NoiseKDError(str(exc).replace("train.", f"{source}.", 1)) from None
 
     def method_params(self, cell: Cell) -> MethodParams:
         return MethodParams.from_dict({**asdict(self.defaults), **cell.params})

@@ -1,0 +1,48 @@
+"""Config loading and validation with one-line errors that name the offending key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .io import NoiseKDError
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+
+
+def _key(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
+    """Raise NoiseKDError naming the first offending key (the most specific schema error)."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        key = _key(list(error.absolute_path) + missing[:1])
+        raise NoiseKDError(f"config key {key} is missing")
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        raise NoiseKDError(f"config key {_key(list(error.absolute_path) + extra[:1])} is not a known setting")
+    message = error.message if len(error.message) < 200 else error.message[:200] + "..."
+    raise NoiseKDError(f"config key {_key(error.absolute_path)}: {message}")
+
+
+def load_config(*paths: str | Path) -> dict:
+    """config.yaml merged with presets, as Snakemake merges --configfile (for Python users and tests)."""
+    from .plan import deep_merge
+
+    config: dict = {}
+    for p in paths:
+        config = deep_merge(config, yaml.safe_load(Path(p).read_text()) or {})
+    return config

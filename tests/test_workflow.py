@@ -1,0 +1,153 @@
+"""The Snakemake workflow: dry runs of the paper-scale DAG, per-target DAGs, lint, format, config errors."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from noisekd.config import check_config, load_config
+from noisekd.io import NoiseKDError
+from noisekd.plan import REPORTS, Plan, report_inputs, report_names
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SNAKEMAKE = str(BIN / "snakemake")
+
+
+def snakemake(*args, cwd=ROOT, timeout=300, check=True):
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    block = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", block, re.M)}
+
+
+def dry_run(*args, **kw):
+    proc = snakemake("-n", "--cores", "2", *args, **kw)
+    return job_counts(proc.stdout + proc.stderr)
+
+
+def test_paper_dag_job_counts_follow_the_protocol():
+    counts = dry_run("all_tables")
+    # Hand count from config.yaml.  Teacher kinds per dataset: plain, 5 dropout rates (FT-0.1..0.5),
+    # 5 label-corruption rates (0.1..0.5) = 11 kinds x 5 seeds x 2 datasets.
+    assert counts["train_teacher"] == 11 * 5 * 2
+    assert counts["select_teacher"] == counts["evaluate_teacher"] == 11 * 2
+    # Student cells.  CIFAR-10: Table 1 (7 methods + 5 FT) + Table 2 (5 +H, 5 +FT) + GA/SR x 10 sigma
+    # + MC (5 rates at corruption 0; baseline, Hinton, 5 rates at each of 5 corruptions)
+    # + related (feature mimicry x 2 sigma, Noisy Teacher L2/KL) = 12 + 10 + 20 + 40 + 4 = 86.
+    # SVHN: 12 + 20 + 40 = 72.  Five student seeds each.
+    assert counts["train_student"] == counts["evaluate_student"] == (86 + 72) * 5
+    # Attacks: GA/SR cells (20 per dataset) and the 4 related noisy cells of CIFAR-10, 5 seeds.
+    assert counts["attack_student"] == (20 + 20 + 4) * 5
+    assert counts["corrupt_labels"] == 5 * 2
+    assert counts["prepare_dataset"] == 2 and counts["prepare_ood"] == 1 and counts["prepare_corruptions"] == 1
+    assert counts["table"] == len(report_names(Plan(load_config(ROOT / "config.yaml")), "table")) == 9
+    assert counts["figure"] == 4
+
+
+def test_paper_dag_dry_runs_with_the_slurm_profile():
+    counts = dry_run("--profile", "slurm", "all_tables")
+    assert counts["train_student"] == 790 and counts["train_teacher"] == 110
+
+
+def test_plan_agrees_with_the_dag():
+    plan = Plan(load_config(ROOT / "config.yaml"))
+    assert len(plan.student_runs()) == 790
+    assert {seed for _, _, seed in plan.teacher_runs()} == {0, 1, 2, 3, 4}
+    # Every cell of every table is trained for every student seed.
+    for d, c, _ in plan.student_runs():
+        assert plan.cell(d, c).name == c
+
+
+@pytest.mark.parametrize("target", sorted(REPORTS))
+def test_each_table_and_figure_builds_only_what_it_needs(target):
+    config = load_config(ROOT / "config.yaml", ROOT / "presets" / "demo.yaml")
+    plan = Plan(config)
+    counts = dry_run(target, "--configfile", "presets/demo.yaml")
+    needed = report_inputs(plan, target)
+    evals = sum(p.endswith("/eval.parquet") and "/students/" in p for p in needed)
+    attacks = sum(p.endswith("/attack.parquet") for p in needed)
+    assert counts.get("evaluate_student", 0) == evals
+    assert counts.get("attack_student", 0) == attacks
+    assert "aggregate" not in counts  # the global aggregate is not needed for one table
+    assert counts[target] == 1
+
+
+def test_demo_dag_covers_every_table_and_figure():
+    counts = dry_run("all_tables", "--configfile", "presets/demo.yaml")
+    assert counts["table"] == 9 and counts["figure"] == 4
+    assert counts["train_teacher"] == 4 * 5  # plain, p0.1, p0.3, lc0.3 x 5 teacher seeds
+
+
+def test_lint_is_clean():
+    proc = snakemake("--lint", check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_snakefmt_check_passes():
+    proc = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "rules"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+BAD_CONFIGS = [
+    ({"experiments": {"table1": {"datasets": ["cifar10"], "methods": ["hintn"], "ft_dropout": [0.1]}}},
+     "experiments.table1.methods[0]"),
+    ({"experiments": {"soft_randomization": {"datasets": ["cifar10"], "sigma": [-0.1]}}},
+     "experiments.soft_randomization.sigma[0]"),
+    ({"experiments": {"messy_collaboration": {"datasets": ["svhn"], "label_corruption": [1.5], "mc_rate": [0.1]}}},
+     "experiments.messy_collaboration.label_corruption[0]"),
+    ({"method_params": {"alpha": 1.2}}, "method_params.alpha"),
+    ({"seeds": {"teacher": [], "student": [0]}}, "seeds.teacher"),
+    ({"datasets": {"cifar10": {"source": "imagenet", "augmentation": {}}}}, "datasets.cifar10"),
+    ({"train": {"epochs": 10, "milestones": [5, 12]}}, "train.milestones"),
+    ({"tran": {"epochs": 1}}, "tran"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD_CONFIGS)
+def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, override, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(override))
+    proc = snakemake("-n", "--cores", "1", "--configfile", str(path), check=False, timeout=120)
+    assert proc.returncode != 0
+    message = proc.stdout + proc.stderr
+    assert key in message, message[-2000:]
+
+
+def test_missing_key_is_named():
+    config = load_config(ROOT / "config.yaml")
+    del config["train"]["epochs"]
+    with pytest.raises(NoiseKDError, match="config key train.epochs is missing"):
+        check_config(config)
+
+
+def test_feature_mimicry_with_mismatched_widths_is_refused_at_parse_time():
+    config = load_config(ROOT / "config.yaml", ROOT / "presets" / "demo.yaml")
+    config["teacher"]["width"] = 2
+    with pytest.raises(NoiseKDError, match="need the same width"):
+        Plan(config)
+
+
+def test_conda_env_pins_agree_with_pyproject():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((ROOT / "envs" / "noisekd.yaml").read_text())
+    pip = next(d for d in env["dependencies"] if isinstance(d, dict))["pip"]
+    assert sorted(project) == sorted(p for p in pip if p != "..")
+
+
+def test_rulegraph_renders():
+    proc = snakemake("--rulegraph", "mermaid-js", "all_tables", "--configfile", "presets/demo.yaml")
+    assert "train_student" in proc.stdout and "train_teacher" in proc.stdout
