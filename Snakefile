@@ -16,10 +16,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-check_config(config)  # one-line error naming the key
-validate(
-    config, "schemas/config.schema.yaml"
-)  # Snakemake's own check; fills schema defaults
+# First a one-line error naming the offending key, then Snakemake's own check (fills defaults).
+check_config(config)
+validate(config, "schemas/config.schema.yaml")
 PLAN = Plan(config)
 R = PLAN.results
 
