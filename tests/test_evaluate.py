@@ -1,0 +1,90 @@
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from noisekd.__main__ import main
+from noisekd.data import Augmentation, ImageData
+from noisekd.evaluate import ROW_COLUMNS, accuracy, corruption_rows, finish_rows, write_rows
+from noisekd.methods import MethodParams, get_method
+from noisekd.models import WRNSpec
+from noisekd.sources import load_digits
+from noisekd.train import TrainConfig, build_model, fit, save_model
+
+
+class LookupModel(torch.nn.Module):
+    """Predicts the class stored in the first pixel: lets tests fix predictions by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        cls = (x[:, 0, 0, 0] * 255).round().long()
+        return torch.nn.functional.one_hot(cls, 10).float() + 0 * self.dummy
+
+
+def _data(first_pixels, labels):
+    images = torch.zeros(len(labels), 3, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.tensor(first_pixels, dtype=torch.uint8)
+    return ImageData(images, torch.tensor(labels), tuple(str(i) for i in range(10)))
+
+
+def test_accuracy_conditional_accuracy_and_mca_by_hand():
+    model = LookupModel()
+    clean = _data([0, 1, 2, 9], [0, 1, 2, 3])  # 3 of 4 right; the last is wrong on the clean image
+    a = _data([0, 5, 2, 3], [0, 1, 2, 3])  # right: 0, 2, 3 -> acc 3/4; among clean-correct {0,1,2}: 2/3
+    b = _data([9, 9, 9, 3], [0, 1, 2, 3])  # right: 3 only -> acc 1/4; conditional 0/3
+    assert accuracy(model, clean) == 0.75
+    rows = corruption_rows(model, clean, [("fog", 1, a), ("fog", 2, b)])
+    by = {(r["metric"], r.get("severity")): r["value"] for r in rows}
+    assert by[("corruption_acc", 1)] == 0.75 and by[("corruption_acc", 2)] == 0.25
+    assert by[("corruption_cond_acc", 1)] == pytest.approx(2 / 3) and by[("corruption_cond_acc", 2)] == 0.0
+    assert by[("mca", None)] == 0.5
+    assert by[("mca_cond", None)] == pytest.approx(1 / 3)
+
+
+def test_rows_are_tidy_and_carry_provenance(tmp_path):
+    rows = finish_rows([{"metric": "test_acc", "value": 0.5}], {"run_id": "r", "seed": 1, "params": {"sigma": 0.1}},
+                       {"git_commit": "abc", "config_hash": "h", "versions": "{}", "device": "cpu"})
+    write_rows(rows, tmp_path / "rows.parquet")
+    frame = pd.read_parquet(tmp_path / "rows.parquet")
+    assert list(frame.columns) == list(ROW_COLUMNS)
+    assert frame.loc[0, "params"] == '{"sigma": 0.1}' and frame.loc[0, "git_commit"] == "abc"
+    assert not list(tmp_path.glob(".*tmp"))  # nothing half-written left behind
+
+
+@pytest.mark.slow
+def test_command_line_evaluates_a_digits_student_within_two_minutes(tmp_path):
+    train = load_digits("train", size=16)
+    x = train.images.float() / 255
+    spec = WRNSpec(10, 1, mean=tuple(x.mean((0, 2, 3)).tolist()), std=tuple(x.std((0, 2, 3)).tolist()))
+    student = build_model(spec, 0)
+    fit(student, train, TrainConfig(epochs=2, milestones=(1,), batch_size=64), get_method("ga"),
+        MethodParams(sigma=0.1), augmentation=Augmentation(2, False), device="cpu", log=lambda s: None)
+    ckpt = tmp_path / "student.pt"
+    save_model(ckpt, student)
+    out = tmp_path / "rows.parquet"
+    start = time.perf_counter()
+    assert main(["evaluate", str(ckpt), "--dataset", "digits", "--size", "16", "--out", str(out),
+                 "--pgd-steps", "20", "--restarts", "5"]) == 0
+    elapsed = time.perf_counter() - start
+    frame = pd.read_parquet(out)
+    counts = frame.metric.value_counts()
+    assert counts["corruption_acc"] == 95 and counts["corruption_cond_acc"] == 95
+    assert {"test_acc", "ood_acc", "mca", "robust_acc_worst_of_restarts", "robust_acc_min_over_runs"} <= set(counts.index)
+    pgd = frame[frame.metric.str.startswith("robust")]
+    assert (pgd.steps == 20).all() and (pgd.restarts == 5).all()
+    clean = frame.loc[frame.metric == "test_acc", "value"].item()
+    worst = frame.loc[frame.metric == "robust_acc_worst_of_restarts", "value"].item()
+    assert worst <= frame.loc[frame.metric == "robust_acc_min_over_runs", "value"].item() <= clean
+    assert elapsed < 120, f"evaluation took {elapsed:.0f}s"
+
+
+def test_command_line_names_a_bad_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["evaluate", str(bad), "--dataset", "digits", "--out", str(tmp_path / "x.parquet")]) == 1
+    assert "bad.pt" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
