@@ -93,7 +93,7 @@ def evaluate_command(args) -> None:
     identity = {"run_id": str(args.checkpoint), "role": run.get("role", "model"), "dataset": args.dataset,
                 "method": summary.get("method"), "cell": run.get("cell") or run.get("kind"),
                 "params": json.dumps(summary.get("params", {}), sort_keys=True),
-                "label_corruption": run.get("label_corruption", 0.0), "seed": run.get("seed"),
+                "label_corruption": (run.get("label_corruption") or {}).get("rate", 0.0), "seed": run.get("seed"),
                 "teacher_seed": run.get("teacher_seed")}
     write_rows(finish_rows(rows, identity, provenance(summary, device)), args.out)
     log.info(f"{len(rows)} rows written to {args.out} in {time.perf_counter() - t0:.1f}s")

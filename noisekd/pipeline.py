@@ -125,14 +125,20 @@ def corrupt_training_labels(train_path: str, rate: float, seed: int, out_path: s
 
 
 def load_training_labels(train: ImageData, labels_path: str | None) -> ImageData:
+    """The training set with the statically corrupted labels of `labels_path`, if given; its meta
+    records the rate, seed, file and re-drawn indices, which the run summary keeps."""
     if not labels_path:
         return train
-    with np.load(labels_path) as z:
-        labels = torch.from_numpy(z["labels"].astype(np.int64))
-        rate, seed = float(z["rate"]), int(z["seed"])
+    try:
+        with np.load(labels_path) as z:
+            labels = torch.from_numpy(z["labels"].astype(np.int64))
+            rate, seed, indices = float(z["rate"]), int(z["seed"]), z["corrupted_indices"].tolist()
+    except (OSError, ValueError, KeyError) as exc:
+        raise NoiseKDError(f"label file {labels_path} is unreadable: {exc}") from None
     if labels.shape != train.labels.shape:
         raise NoiseKDError(f"label file {labels_path} does not match the training set size")
-    return train.with_labels(labels, label_corruption=rate, label_corruption_seed=seed)
+    corruption = {"rate": rate, "seed": seed, "file": str(labels_path), "corrupted_indices": indices}
+    return train.with_labels(labels, label_corruption=corruption)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +160,8 @@ def train_teacher(plan: Plan, dataset: str, kind: str, seed: int, inputs: dict, 
     aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
     device = resolve_device(plan.config.get("device"))
     result = _fit(model, train, config, get_method("baseline"), MethodParams(), None, aug, out, device,
-                  run_info={"role": "teacher", "dataset": dataset, "kind": kind, "seed": seed})
+                  run_info={"role": "teacher", "dataset": dataset, "kind": kind, "seed": seed,
+                            "label_corruption": train.meta.get("label_corruption")})
     model = result.model
     selection = {}
     for split in ("val", "test"):
@@ -184,7 +191,7 @@ def train_student(plan: Plan, dataset: str, cell_name: str, seed: int, inputs: d
     aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
     result = _fit(model, train, plan.train_config(seed, cell), method, params, teacher, aug, out, device,
                   run_info={"role": "student", "dataset": dataset, "cell": cell_name, "seed": seed,
-                            "teacher_seed": teacher_seed, "label_corruption": cell.label_corruption})
+                            "teacher_seed": teacher_seed, "label_corruption": train.meta.get("label_corruption")})
     _finish_run(result, result.model, out, extra={"teacher_seed": teacher_seed})
 
 
@@ -333,6 +340,21 @@ def make_figure(plan: Plan, name: str, paths: list[str], out: dict) -> None:
     figure = report.FIGURES[name](_read_rows(paths), plan)
     report.write_figure(figure, out["png"], out["pdf"])
     log.info(f"{name} written from {len(paths)} result files")
+
+
+def linear_study(study: dict, out: dict) -> None:
+    """Seed 003's deep linear study: tidy frames, the success/failure table and learning curves."""
+    from . import linear_study as ls
+    from . import report
+
+    t0 = time.perf_counter()
+    results, curves = ls.run_study(ls.StudyConfig.from_dict(study))
+    for key, frame in (("results", results), ("curves", curves)):
+        with atomic_path(out[key]) as tmp:
+            frame.to_parquet(tmp, index=False)
+    report.write_table(ls.study_table(results), out["md"], out["tex"], out["csv"])
+    report.write_figure(ls.study_figure(curves, results), out["png"], out["pdf"])
+    log.info(f"linear study: {len(results)} result rows in {time.perf_counter() - t0:.1f}s")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ rule figure:
 rule all_figures:
     input:
         expand(f"{R}/figures/{{name}}.png", name=FIGURES),
+        rules.linear_study.output.png if "linear_study" in config else [],
 
 
 rule all_tables:
@@ -72,6 +73,7 @@ rule all_tables:
         expand(f"{R}/tables/{{name}}.md", name=TABLES),
         rules.all_figures.input,
         f"{R}/metrics.parquet",
+        rules.linear_study.output.md if "linear_study" in config else [],
 
 
 for _name in TABLES:

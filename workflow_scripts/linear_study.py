@@ -1,0 +1,4 @@
+from noisekd.pipeline import linear_study, run_step
+
+s = snakemake  # noqa: F821 (injected by Snakemake)
+run_step(s, linear_study, study=dict(s.params.study), out=dict(s.output.items()))
