@@ -6,14 +6,14 @@ rule linear_study:
         md=report(
             f"{R}/tables/linear_study.md",
             category="Tables",
-            caption="../report/table.rst",
+            caption="../report/linear_study.rst",
         ),
         tex=f"{R}/tables/linear_study.tex",
         csv=f"{R}/tables/linear_study.csv",
         png=report(
             f"{R}/figures/linear_study.png",
             category="Figures",
-            caption="../report/figure.rst",
+            caption="../report/linear_study.rst",
         ),
         pdf=f"{R}/figures/linear_study.pdf",
         results=f"{R}/linear_study/results.parquet",
