@@ -296,6 +296,10 @@ def fit(
     history: list[dict] = []
     identity = {"method": method.name, "params": asdict(params), "config": asdict(config), "spec": asdict(student.spec)}
 
+    if checkpoint_path is not None:
+        # A process killed inside atomic_path leaves its temporary file behind: never complete, drop it.
+        for stale in Path(checkpoint_path).parent.glob(f".{Path(checkpoint_path).name}.*.tmp"):
+            stale.unlink(missing_ok=True)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_torch(checkpoint_path, map_location=device)
         if state.get("identity") != json.loads(json.dumps(identity)):

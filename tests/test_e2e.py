@@ -1,0 +1,106 @@
+"""End to end: the `ci` preset run locally, and the same through a real SLURM cluster.
+
+The SLURM test needs a reachable cluster (`.ci/slurm/start.sh` starts a single-node one).  Without
+one it is skipped locally; under CI=true it must run, so a missing cluster fails it.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_workflow import ROOT, snakemake  # noqa: E402
+
+TABLES = ["table1", "table2", "table3", "table4", "table5", "table_s1", "table_s2_s3", "table_s4", "table_related",
+          "linear_study"]
+FIGURES = ["figure2", "figure3", "figure4", "figure5", "linear_study"]
+
+
+def _preset(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"results_dir: {tmp_path / name}\n")
+    return path
+
+
+def _run_ci_preset(tmp_path: Path, name: str, *extra: str, timeout: int = 900):
+    override = _preset(tmp_path, name)
+    proc = snakemake("all_tables", *extra, "--configfile", "presets/ci.yaml", str(override), timeout=timeout)
+    return tmp_path / name, proc
+
+
+def _check_outputs(results: Path):
+    for t in TABLES:
+        for ext in ("md", "tex", "csv"):
+            assert (results / "tables" / f"{t}.{ext}").stat().st_size > 0, f"{t}.{ext}"
+    for f in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (results / "figures" / f"{f}.{ext}").stat().st_size > 0, f"{f}.{ext}"
+    metrics = pd.read_parquet(results / "metrics.parquet")
+    assert {"test_acc", "ood_acc", "mca", "robust_acc_worst_of_restarts"} <= set(metrics.metric)
+    assert metrics.git_commit.notna().all() and metrics.config_hash.nunique() == 1
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+    results, _ = _run_ci_preset(tmp, "local", "--cores", "2")
+    return results
+
+
+@pytest.mark.slow
+def test_ci_preset_runs_locally_to_every_table_and_figure(local_run):
+    _check_outputs(local_run)
+
+
+@pytest.mark.slow
+def test_rerun_is_a_no_op(local_run, tmp_path):
+    override = local_run.parent / "local.yaml"
+    proc = snakemake("all_tables", "-n", "--cores", "2", "--configfile", "presets/ci.yaml", str(override))
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def _slurm_reachable() -> str | None:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return "no sbatch/sinfo on PATH (start a cluster with .ci/slurm/start.sh)"
+    proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0 or not re.search(r"idle|mixed|allocated", proc.stdout):
+        return f"SLURM not reachable: {(proc.stderr or proc.stdout).strip()[:200]}"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_ci_preset_through_slurm_matches_the_local_run(local_run, tmp_path):
+    reason = _slurm_reachable()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    logs_before = set((ROOT / ".snakemake" / "slurm_logs").rglob("*.log"))
+    results, proc = _run_ci_preset(tmp_path, "slurm", "--profile", "slurm", "--jobs", "4", timeout=1500)
+    _check_outputs(results)
+    output = proc.stdout + proc.stderr
+    job_ids = set(re.findall(r"submitted with SLURM jobid (\d+)", output))
+    assert len(job_ids) >= 20, output[-3000:]  # every training/evaluation/attack job went through sbatch
+    new_logs = set((ROOT / ".snakemake" / "slurm_logs").rglob("*.log")) - logs_before
+    assert {p.stem for p in new_logs} & job_ids, "no SLURM job log named by a job id"
+    # Training and evaluation are deterministic on CPU: the tables equal the local run's.
+    for t in TABLES:
+        for ext in ("md", "csv"):
+            local = (local_run / "tables" / f"{t}.{ext}").read_text()
+            assert (results / "tables" / f"{t}.{ext}").read_text() == local, f"{t}.{ext} differs"
+
+
+@pytest.mark.slow
+def test_snakemake_report_bundles_tables_and_figures(local_run, tmp_path):
+    override = local_run.parent / "local.yaml"
+    out = tmp_path / "report.zip"
+    snakemake("all_tables", "--configfile", "presets/ci.yaml", str(override), "--report", str(out))
+    import zipfile
+
+    names = zipfile.ZipFile(out).namelist()
+    assert any(n.endswith("table1.md") for n in names) and any(n.endswith("figure2.png") for n in names)
