@@ -170,12 +170,6 @@ class DeviceSampler:
             yield self.batch(perm, step)
 
 
-def iterate_batches(data: ImageData, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Sequential, unaugmented batches (evaluation)."""
-    for start in range(0, len(data), batch_size):
-        yield data.images[start : start + batch_size], data.labels[start : start + batch_size]
-
-
 # ---------------------------------------------------------------------------------------------
 # Label noise
 

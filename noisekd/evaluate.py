@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -176,6 +176,3 @@ def load_corrupted_stack(path: str | Path, clean: ImageData, names: tuple[str, .
         for s in range(stack.shape[1]):
             yield name, s + 1, ImageData(torch.from_numpy(np.array(stack[i, s])), clean.labels, clean.classes)
 
-
-def settings_summary(settings: Iterable[AttackSetting]) -> list[dict]:
-    return [asdict(s) for s in settings]

@@ -18,7 +18,7 @@ Conventions that hold for every method:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Callable, Literal
 
 from .io import NoiseKDError
@@ -167,6 +167,3 @@ def get_method(name: str) -> Method:
     except KeyError:
         raise NoiseKDError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}") from None
 
-
-def with_params(params: MethodParams, **changes) -> MethodParams:
-    return replace(params, **changes)

@@ -23,7 +23,6 @@ from .evaluate import (
     corruption_rows,
     finish_rows,
     load_corrupted_stack,
-    predict,
     write_rows,
 )
 from .io import NoiseKDError, atomic_path, write_json_atomic
@@ -308,14 +307,27 @@ def attack_model(plan: Plan, dataset: str, cell_name: str, seed: int, model_path
 # Aggregation
 
 
-def aggregate(paths: list[str], out_path: str) -> None:
+def aggregate(paths: list[str], out_path: str, manifest_path: str, config: dict) -> None:
+    """All result rows in one parquet, plus a manifest tracing every file to its provenance."""
+    import hashlib
+
     import pandas as pd
+
+    from .provenance import config_hash, git_commit, package_versions
 
     frames = [pd.read_parquet(p) for p in paths]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     with atomic_path(out_path) as tmp:
         frame.to_parquet(tmp, index=False)
-    log.info(f"aggregated {len(frame)} rows from {len(paths)} files")
+    files = [{"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest(), "rows": len(f),
+              "git_commit": sorted(set(f["git_commit"].dropna())) if "git_commit" in f else []}
+             for p, f in zip(paths, frames)]
+    write_json_atomic(manifest_path, {
+        "config_hash": config_hash(config), "config": config, "git_commit": git_commit(),
+        "versions": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "metrics": {"path": out_path, "rows": len(frame)}, "files": files,
+    })
+    log.info(f"aggregated {len(frame)} rows from {len(paths)} files; manifest {manifest_path}")
 
 
 def _read_rows(paths: list[str]):

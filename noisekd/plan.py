@@ -220,10 +220,6 @@ class Plan:
     def datasets(self) -> list[str]:
         return [d for d, cells in self._cells.items() if cells]
 
-    def label_corruptions(self, dataset: str) -> list[float]:
-        return sorted({c.label_corruption for c in self._cells[dataset].values()} |
-                      {k.label_corruption for k in self.teacher_kinds.get(dataset, {}).values()})
-
     def teacher_spec(self, dataset: str, kind: str, num_classes: int, mean, std) -> WRNSpec:
         t = self.config["teacher"]
         return WRNSpec(t["depth"], t["width"], num_classes, self.teacher_kinds[dataset][kind].dropout, 3,

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from . import losses
 from .data import Augmentation, DeviceSampler, ImageData, random_relabel, to_float
-from .io import NoiseKDError, load_torch, save_torch_atomic, write_json_atomic
+from .io import NoiseKDError, load_torch, save_torch_atomic
 from .methods import Method, MethodParams
 from .models import WideResNet, WRNSpec
 

@@ -9,7 +9,8 @@ rule aggregate:
     input:
         run_outputs(),
     output:
-        f"{R}/metrics.parquet",
+        metrics=f"{R}/metrics.parquet",
+        manifest=f"{R}/manifest.json",
     log:
         f"{R}/logs/aggregate.log",
     localrule: True

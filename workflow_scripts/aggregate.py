@@ -1,4 +1,5 @@
 from noisekd.pipeline import aggregate, run_step
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-run_step(s, aggregate, paths=list(s.input), out_path=s.output[0])
+run_step(s, aggregate, paths=list(s.input), out_path=s.output.metrics, manifest_path=s.output.manifest,
+         config=s.config)

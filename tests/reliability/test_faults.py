@@ -1,6 +1,5 @@
 """Fault injection: killed and preempted training processes resume to bit-identical results."""
 
-import os
 import signal
 import subprocess
 import sys
