@@ -1,0 +1,927 @@
+"""Tables and figures of the paper from the tidy result rows of `noisekd.evaluate`.
+
+Input: a pandas DataFrame with the columns of `noisekd.evaluate.ROW_COLUMNS` (one row per run x
+metric x condition, values as fractions in [0, 1]) and the `noisekd.plan.Plan` of the config that
+produced it; `plan.tables` says which student cells each table and figure compares.
+
+- `TABLES[name](frame, plan) -> Table`: `table1` ... `table5` as in the paper, `table_s1` (values
+  behind Figure 2), `table_s2_s3` and `table_s4` (values behind Figures 4 and 5) and
+  `table_related` (the related methods of the other seeds).  A `Table` renders to Markdown,
+  LaTeX (booktabs) and CSV.
+- `FIGURES[name](frame, plan) -> matplotlib Figure`: `figure2` ... `figure5`.
+- `write_table` / `write_figure` write the files atomically.
+
+Conventions:
+- Student cells show mean +- sample std (ddof=1) over the student seeds, in percent with two
+  decimals; a single seed shows the mean alone.  The teacher columns show the one selected teacher
+  (role "teacher") of the cell's teacher kind; "teacher_candidate" rows are never used.
+- Bold marks the highest mean (at display precision, ties all bold) among the rows the paper
+  compares: per column in Tables 1 and related, per row and metric in Table 2, GA vs SR in Tables 3,
+  4, 5 and S1, the student columns per row in Tables S2-S4.  Teacher values are never bold.
+- A dataset without any student rows of a metric (no OOD set, no corruption set) loses those
+  columns and panels; a dataset that has the metric but lacks it for a cell the table needs raises
+  `NoiseKDError` naming the table, dataset/cell and metric.
+- Aggregation is one groupby per table over the metrics it needs; cells are then dictionary
+  look-ups, so 10^5 rows take well under a second per table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .evaluate import AttackSetting  # noqa: E402
+from .io import NoiseKDError, atomic_path  # noqa: E402
+
+__all__ = [
+    "Stat", "TableCell", "Column", "Row", "Table", "TABLES", "FIGURES", "write_table", "write_figure",
+    "cell_label", "method_label", "dataset_label",
+]
+
+WORST = "robust_acc_worst_of_restarts"
+MIN_RUNS = "robust_acc_min_over_runs"
+REQUIRED_COLUMNS = ("role", "dataset", "cell", "metric", "value", "seed", "attack", "steps", "eps",
+                    "step_size", "restarts")
+
+# -- labels -----------------------------------------------------------------------------------------
+
+DATASET_LABELS = {
+    "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "digits": "Digits",
+    "cinic10": "CINIC-10", "printed_digits": "Printed digits", "cifar10c": "CIFAR-10-C",
+}
+METHOD_LABELS = {
+    "baseline": "Baseline", "hinton": "Hinton", "ga": "GA", "sr": "SR", "ft": "FT", "mc": "MC",
+    "at": "AT", "sp": "SP", "rkd_d": "RKD-D", "rkd_a": "RKD-A", "rkd_da": "RKD-DA",
+    "feature_mimicry": "Feature mimicry", "noisy_teacher": "Noisy Teacher (L2)",
+    "noisy_teacher_kl": "Noisy Teacher (KL)", "teacher": "Teacher",
+}
+SUFFIX_LABELS = {"hinton": "H", "ft": "FT"}  # "at+hinton" -> "AT+H"
+CORRUPTION_LABELS = {"jpeg_compression": "JPEG", "elastic_transform": "Elastic", "saturate": "Saturation"}
+
+
+def _num(x: float) -> str:
+    return f"{float(x):g}"
+
+
+def dataset_label(name: str) -> str:
+    return DATASET_LABELS.get(name, name)
+
+
+def method_label(method: str) -> str:
+    """Display name of a registry method: `at+hinton` -> `AT+H`, `noisy_teacher` -> `Noisy Teacher (L2)`."""
+    head, *rest = method.split("+")
+    out = METHOD_LABELS.get(head, head.replace("_", "-").upper())
+    for part in rest:
+        out += "+" + SUFFIX_LABELS.get(part, METHOD_LABELS.get(part, part.upper()))
+    return out
+
+
+def cell_label(cell, params: bool = True) -> str:
+    """Display name of a plan Cell from its method and parameters (e.g. `FT-0.3`, `SR σ=0.05`)."""
+    label = method_label(cell.method)
+    if not params:
+        return label
+    p = cell.params
+    if "dropout" in p:
+        label += f"-{_num(p['dropout'])}"  # the paper's FT-x
+    if "sigma" in p:
+        label += f" σ={_num(p['sigma'])}"
+    if "mc_rate" in p:
+        label += f" r={_num(p['mc_rate'])}"
+    if "nt_sigma" in p or "nt_rate" in p:
+        label += f", σ={_num(p.get('nt_sigma', 0))}, rate {_num(p.get('nt_rate', 0))}"
+    if cell.label_corruption > 0:
+        label += f" ({_num(100 * cell.label_corruption)}% noisy labels)"
+    return label
+
+
+def corruption_label(name: str) -> str:
+    if name in CORRUPTION_LABELS:
+        return CORRUPTION_LABELS[name]
+    words = name.split("_")
+    return " ".join([words[0].capitalize() if words[0] != "gaussian" else "Gaussian", *words[1:]])
+
+
+def _ood_label(plan, dataset: str) -> str:
+    ood = (plan.dataset_configs.get(dataset) or {}).get("ood") or {}
+    source = ood.get("source") if isinstance(ood, dict) else None
+    return f"{dataset_label(source)} Acc." if source else "OOD Acc."
+
+
+def _eps255(eps: float) -> str:
+    return _num(round(eps * 255, 4))
+
+
+def _attack_desc(s: AttackSetting) -> str:
+    return f"PGD-{s.steps} (ε={_eps255(s.eps)}/255, step {_num(s.step_size)}, {s.restarts} restarts)"
+
+
+# -- table model ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample std (NaN for one value) and number of values, as fractions."""
+
+    mean: float
+    std: float
+    n: int
+
+    def text(self) -> str:
+        if self.n == 0 or not math.isfinite(self.mean):
+            return "n/a"
+        if self.n < 2 or not math.isfinite(self.std):
+            return f"{100 * self.mean:.2f}"
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+
+
+@dataclass
+class TableCell:
+    stat: Stat | None = None  # None: not applicable, shown as "-"
+    bold: bool = False
+
+    def text(self) -> str:
+        return "-" if self.stat is None else self.stat.text()
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    group: str = ""  # upper header level ("CIFAR-10"); "" for none
+
+
+@dataclass
+class Row:
+    index: tuple[str, ...]  # the row labels, one per Table.index_names
+    cells: list[TableCell]
+    block: str | None = None  # rows sharing a block are rendered under a block heading
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    caption: str
+    index_names: tuple[str, ...]
+    columns: list[Column]
+    rows: list[Row] = field(default_factory=list)
+
+    # -- helpers --
+    def header(self, col: Column) -> str:
+        return f"{col.group} / {col.name}" if col.group else col.name
+
+    def cell(self, row_index: Sequence[str] | str, header: str, block: str | None = None) -> TableCell:
+        """The cell of the row with these labels (a string matches the last index level) and header."""
+        if isinstance(row_index, str):
+            match = [r for r in self.rows if r.index[-1] == row_index]
+        else:
+            match = [r for r in self.rows if r.index == tuple(row_index)]
+        if block is not None:
+            match = [r for r in match if r.block == block]
+        cols = [i for i, c in enumerate(self.columns) if self.header(c) == header]
+        if len(match) != 1 or len(cols) != 1:
+            raise KeyError(f"{self.name}: {len(match)} rows {row_index!r} and {len(cols)} columns {header!r}")
+        return match[0].cells[cols[0]]
+
+    def _blocks(self) -> list[tuple[str | None, list[Row]]]:
+        out: list[tuple[str | None, list[Row]]] = []
+        for row in self.rows:
+            if not out or out[-1][0] != row.block:
+                out.append((row.block, []))
+            out[-1][1].append(row)
+        return out
+
+    @staticmethod
+    def _shown_index(rows: list[Row]) -> list[list[str]]:
+        """Index labels with repeats of the leading levels blanked, as the paper prints them."""
+        out, prev = [], None
+        for row in rows:
+            labels = list(row.index)
+            if prev is not None:
+                for i in range(len(labels) - 1):
+                    if labels[: i + 1] == list(prev[: i + 1]):
+                        labels[i] = ""
+                    else:
+                        break
+            prev = row.index
+            out.append(labels)
+        return out
+
+    # -- renderers --
+    def to_markdown(self) -> str:
+        heads = list(self.index_names) + [self.header(c) for c in self.columns]
+        lines = [f"### {_md(self.title)}", "", "| " + " | ".join(_md(h) for h in heads) + " |",
+                 "|" + "|".join([":---"] * len(self.index_names) + ["---:"] * len(self.columns)) + "|"]
+        for block, rows in self._blocks():
+            if block is not None:
+                lines.append("| " + " | ".join([f"**{_md(block)}**"] + [""] * (len(heads) - 1)) + " |")
+            for labels, row in zip(self._shown_index(rows), rows):
+                cells = [f"**{c.text()}**" if c.bold else c.text() for c in row.cells]
+                lines.append("| " + " | ".join([_md(x) for x in labels] + cells) + " |")
+        if not self.rows:
+            lines.append("| " + " | ".join(["(no rows)"] + [""] * (len(heads) - 1)) + " |")
+        lines += ["", _md(self.caption), ""]
+        return "\n".join(lines)
+
+    def to_latex(self) -> str:
+        ni, nc = len(self.index_names), len(self.columns)
+        env = "table*" if ni + nc > 7 else "table"
+        out = [f"\\begin{{{env}}}[t]", "\\centering", "\\small",
+               f"\\caption{{\\textbf{{{_tex(self.title)}.}} {_tex(self.caption)}}}",
+               f"\\label{{tab:{self.name.replace('_', '-')}}}",
+               "\\begin{tabular}{" + "l" * ni + "c" * nc + "}", "\\toprule"]
+        if any(c.group for c in self.columns):
+            spans: list[tuple[str, int, int]] = []  # group, first column (1-based), last
+            for i, c in enumerate(self.columns):
+                pos = ni + i + 1
+                if spans and spans[-1][0] == c.group and spans[-1][2] == pos - 1:
+                    spans[-1] = (c.group, spans[-1][1], pos)
+                else:
+                    spans.append((c.group, pos, pos))
+            top, rules = [""] * ni, []
+            for group, a, b in spans:
+                top.append(f"\\multicolumn{{{b - a + 1}}}{{c}}{{{_tex(group)}}}" if group else "")
+                if group:
+                    rules.append(f"\\cmidrule(lr){{{a}-{b}}}")
+            out.append(" & ".join(top) + " \\\\")
+            out.append(" ".join(rules))
+        out.append(" & ".join([_tex(x) for x in self.index_names] + [_tex(c.name) for c in self.columns]) + " \\\\")
+        out.append("\\midrule")
+        width = ni + nc
+        for k, (block, rows) in enumerate(self._blocks()):
+            if block is not None:
+                if k:
+                    out.append("\\midrule")
+                out.append(f"\\multicolumn{{{width}}}{{l}}{{\\textit{{{_tex(block)}}}}} \\\\")
+            for labels, row in zip(self._shown_index(rows), rows):
+                cells = []
+                for c in row.cells:
+                    t = _tex(c.text())
+                    cells.append(f"\\textbf{{{t}}}" if c.bold else t)
+                out.append(" & ".join([_tex(x) for x in labels] + cells) + " \\\\")
+        if not self.rows:
+            out.append(f"\\multicolumn{{{width}}}{{l}}{{(no rows)}} \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", f"\\end{{{env}}}", ""]
+        return "\n".join(out)
+
+    def to_csv(self) -> str:
+        """One line per row: block (if any), the index labels, then mean, std (percent) and n per column."""
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        has_block = any(r.block is not None for r in self.rows)
+        head = (["block"] if has_block else []) + list(self.index_names)
+        for c in self.columns:
+            h = self.header(c)
+            head += [f"{h} mean", f"{h} std", f"{h} n"]
+        w.writerow(head)
+        for row in self.rows:
+            line = ([row.block or ""] if has_block else []) + list(row.index)
+            for c in row.cells:
+                s = c.stat
+                if s is None:
+                    line += ["", "", ""]
+                else:
+                    line += [_csvnum(s.mean), _csvnum(s.std), s.n]
+            w.writerow(line)
+        return buf.getvalue()
+
+
+def _csvnum(x: float) -> str:
+    return "" if not math.isfinite(x) else f"{100 * x:.6g}"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX_UNICODE = {"±": r"$\pm$", "σ": r"$\sigma$", "ε": r"$\epsilon$", "–": "--", "—": "---", "≤": r"$\leq$",
+                "≥": r"$\geq$", "×": r"$\times$", "Δ": r"$\Delta$"}
+_TEX_RE = re.compile("|".join(re.escape(k) for k in list(_TEX_SPECIAL) + list(_TEX_UNICODE)))
+
+
+def _tex(text: str) -> str:
+    def sub(m: re.Match) -> str:
+        s = m.group(0)
+        return _TEX_SPECIAL.get(s) or _TEX_UNICODE[s]
+
+    return _TEX_RE.sub(sub, str(text))
+
+
+def _bold_best(cells: Iterable[TableCell]) -> None:
+    """Bold the cells with the highest mean at display precision (ties: all)."""
+    cells = [c for c in cells if c.stat is not None and c.stat.n > 0 and math.isfinite(c.stat.mean)]
+    if len(cells) < 2:
+        return
+    best = max(round(100 * c.stat.mean, 2) for c in cells)
+    for c in cells:
+        c.bold = round(100 * c.stat.mean, 2) == best
+
+
+# -- aggregated results -----------------------------------------------------------------------------
+
+
+def _attack_key(s: AttackSetting | None) -> tuple:
+    if s is None:
+        return ("", -1, -1.0, -1.0, -1)
+    return ("pgd", int(s.steps), round(float(s.eps) * 255, 4), round(float(s.step_size), 8), int(s.restarts))
+
+
+def _int_col(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="coerce").fillna(-1).astype("int64").to_numpy()
+
+
+class _Results:
+    """Student statistics per (dataset, cell, metric, attack) and the selected teachers, for one table."""
+
+    def __init__(self, frame: pd.DataFrame, metrics: Iterable[str], who: str):
+        if not isinstance(frame, pd.DataFrame):
+            raise NoiseKDError(f"{who}: expected a pandas DataFrame of result rows, got {type(frame).__name__}")
+        missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+        if missing:
+            raise NoiseKDError(f"{who}: result rows lack column(s) {missing}")
+        self.who = who
+        metrics = tuple(metrics)
+        sub = frame.loc[frame["metric"].isin(metrics) & frame["role"].isin(("student", "teacher"))]
+        students = sub.loc[sub["role"] == "student"]
+        keys = pd.DataFrame({
+            "dataset": students["dataset"].astype(str).to_numpy(),
+            "cell": students["cell"].astype(str).to_numpy(),
+            "metric": students["metric"].astype(str).to_numpy(),
+            "attack": students["attack"].fillna("").astype(str).to_numpy(),
+            "steps": _int_col(students["steps"]),
+            "eps255": (pd.to_numeric(students["eps"], errors="coerce") * 255).round(4).fillna(-1.0).to_numpy(),
+            "step_size": pd.to_numeric(students["step_size"], errors="coerce").round(8).fillna(-1.0).to_numpy(),
+            "restarts": _int_col(students["restarts"]),
+        })
+        key_cols = list(keys.columns)
+        keys["seed"] = _int_col(students["seed"])
+        dup = keys.duplicated(key_cols + ["seed"])
+        if dup.any():
+            r = keys.loc[dup].iloc[0]
+            raise NoiseKDError(f"{who}: duplicate result rows for {r['dataset']}/{r['cell']} seed {r['seed']} "
+                               f"metric {r['metric']} (two runs of one seed?)")
+        keys["value"] = pd.to_numeric(students["value"], errors="coerce").to_numpy(dtype=float)
+        agg = keys.groupby(key_cols, sort=False)["value"].agg(["mean", "std", "count"])
+        self.stats: dict[tuple, Stat] = {
+            k: Stat(float(m), float(s), int(n))
+            for k, m, s, n in zip(agg.index, agg["mean"].to_numpy(), agg["std"].to_numpy(), agg["count"].to_numpy())
+        }
+        self.present = set(zip(keys["dataset"], keys["metric"]))
+        self.teachers: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+        t = sub.loc[sub["role"] == "teacher"]
+        seeds = _int_col(t["seed"])
+        if "teacher_seed" in t.columns:
+            seeds = np.where(seeds < 0, _int_col(t["teacher_seed"]), seeds)
+        for d, c, m, s, v in zip(t["dataset"].astype(str), t["cell"].astype(str), t["metric"].astype(str), seeds,
+                                 pd.to_numeric(t["value"], errors="coerce")):
+            self.teachers.setdefault((d, c, m), []).append((int(s), float(v)))
+
+    def has(self, dataset: str, metric: str) -> bool:
+        """Whether the dataset has any student rows of this metric (else its columns are left out)."""
+        return (dataset, metric) in self.present
+
+    def get(self, dataset: str, cell: str, metric: str, attack: AttackSetting | None = None) -> Stat:
+        stat = self.stats.get((dataset, cell, metric, *_attack_key(attack)))
+        if stat is None:
+            cond = f" at {_attack_desc(attack)}" if attack is not None else ""
+            raise NoiseKDError(f"{self.who}: no {metric} rows for {dataset}/{cell}{cond}")
+        return stat
+
+    def teacher(self, dataset: str, kind: str | None, metric: str) -> Stat | None:
+        """The selected teacher of this kind (None for a cell without a teacher)."""
+        if kind is None:
+            return None
+        rows = self.teachers.get((dataset, kind, metric))
+        if not rows:
+            raise NoiseKDError(f"{self.who}: no {metric} row for the selected teacher {dataset}/{kind} "
+                               f"(role 'teacher', cell {kind!r})")
+        seeds = sorted({s for s, _ in rows})
+        if len(seeds) > 1:
+            raise NoiseKDError(f"{self.who}: {len(seeds)} selected teachers {dataset}/{kind} (seeds {seeds}) "
+                               f"for metric {metric}; expected one")
+        return Stat(float(np.mean([v for _, v in rows])), math.nan, 1)
+
+
+def _seeds_note(plan) -> str:
+    n = len(plan.student_seeds)
+    return f"Mean ± 1 std (sample, ddof=1) over {n} student seed{'s' if n != 1 else ''}, in %"
+
+
+def _empty(name: str, title: str, caption: str, index: tuple[str, ...]) -> Table:
+    return Table(name, title, caption, index, [Column("-")], [])
+
+
+def _sigma_sort(keys: Iterable[str]) -> list[str]:
+    return sorted(set(keys), key=float)
+
+
+# -- tables ---------------------------------------------------------------------------------------
+
+
+def table1(frame: pd.DataFrame, plan) -> Table:
+    who, layout = "table1", plan.tables.get("table1", {})
+    title = "Table 1: Fickle Teacher and knowledge distillation methods"
+    if not layout:
+        return _empty("table1", title, "Table 1 is not part of this configuration.", ("Method",))
+    res = _Results(frame, ("test_acc", "ood_acc", "mca"), who)
+    columns: list[Column] = []
+    specs: list[tuple[str, str]] = []  # (dataset, metric or "teacher")
+    for d in layout:
+        group = dataset_label(d)
+        specs.append((d, "teacher"))
+        columns.append(Column("Teacher", group))
+        specs.append((d, "test_acc"))
+        columns.append(Column("Test Acc.", group))
+        if res.has(d, "ood_acc"):
+            specs.append((d, "ood_acc"))
+            columns.append(Column(_ood_label(plan, d), group))
+        if res.has(d, "mca"):
+            specs.append((d, "mca"))
+            columns.append(Column("mCA", group))
+    names = list(dict.fromkeys(n for cells in layout.values() for n in cells))
+    rows = []
+    for name in names:
+        label = next(cell_label(plan.cell(d, name)) for d in layout if name in layout[d])
+        cells = []
+        for d, what in specs:
+            if name not in layout[d]:
+                cells.append(TableCell())
+            elif what == "teacher":
+                cells.append(TableCell(res.teacher(d, plan.cell(d, name).teacher_kind, "test_acc")))
+            else:
+                cells.append(TableCell(res.get(d, name, what)))
+        rows.append(Row((label,), cells))
+    for j, (_, what) in enumerate(specs):
+        if what != "teacher":
+            _bold_best(r.cells[j] for r in rows)
+    caption = (
+        "Fickle Teacher (FT-x: the student distils from a teacher trained with dropout x, dropout kept "
+        "active during distillation) against Hinton KD and feature/relational distillation methods. "
+        "Teacher: test accuracy of the selected teacher (best teacher seed) of the row's teacher kind. "
+        "Out-of-distribution (OOD) and mCA (mean accuracy over corruptions x severities) columns appear "
+        f"for datasets that have them. {_seeds_note(plan)}; best per column in bold."
+    )
+    return Table("table1", title, caption, ("Method",), columns, rows)
+
+
+def table2(frame: pd.DataFrame, plan) -> Table:
+    who, layout = "table2", plan.tables.get("table2", {})
+    title = "Table 2: +Hinton (+H) vs +Fickle Teacher (+FT) on top of other distillation methods"
+    if not layout:
+        return _empty("table2", title, "Table 2 is not part of this configuration.", ("Method",))
+    res = _Results(frame, ("test_acc", "ood_acc"), who)
+    dropouts = {_num(plan.cell(d, trip[2]).params.get("dropout", 0)) for d in layout for trip in layout[d].values()}
+    ft = f"+FT-{dropouts.pop()}" if len(dropouts) == 1 else "+FT"
+    metrics = [("test_acc", "Test Acc.")]
+    if any(res.has(d, "ood_acc") for d in layout):
+        oods = {_ood_label(plan, d) for d in layout if res.has(d, "ood_acc")}
+        metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
+    columns = [Column(sub, group) for _, group in metrics for sub in ("Original", "+H", ft)]
+    rows = []
+    multi = len(layout) > 1
+    for d, grid in layout.items():
+        for feature, trip in grid.items():
+            cells = []
+            for metric, _ in metrics:
+                group = []
+                for name in trip:
+                    c = TableCell(res.get(d, name, metric) if res.has(d, metric) else None)
+                    group.append(c)
+                _bold_best(group)
+                cells += group
+            rows.append(Row((method_label(feature),), cells, dataset_label(d) if multi else None))
+    ds = ", ".join(dataset_label(d) for d in layout)
+    caption = (f"{ds}. Each feature/relational method alone (Original), with Hinton's KD loss added (+H) and "
+               f"with Fickle Teacher ({ft[1:]}) added (+FT). {_seeds_note(plan)}; best of Original/+H/+FT per "
+               "row and metric in bold.")
+    return Table("table2", title, caption, ("Method",), columns, rows)
+
+
+def table3(frame: pd.DataFrame, plan) -> Table:
+    who, layout = "table3", plan.tables.get("soft_randomization", {})
+    title = "Table 3: Soft Randomization (SR) vs Gaussian Augmentation (GA), generalization"
+    if not layout:
+        return _empty("table3", title, "Soft Randomization is not part of this configuration.", ("σ",))
+    res = _Results(frame, ("test_acc", "ood_acc"), who)
+    groups: list[tuple[str, str]] = []
+    for d in layout:
+        groups.append((d, "test_acc"))
+        if res.has(d, "ood_acc"):
+            groups.append((d, "ood_acc"))
+    columns = []
+    for d, metric in groups:
+        head = f"{dataset_label(d)} " + ("Test Acc." if metric == "test_acc" else _ood_label(plan, d))
+        columns += [Column("GA", head), Column("SR", head)]
+    rows = []
+    for s in _sigma_sort(s for d in layout for s in layout[d]["pairs"]):
+        cells = []
+        for d, metric in groups:
+            pair = layout[d]["pairs"].get(s)
+            group = [TableCell(res.get(d, name, metric)) for name in pair] if pair else [TableCell(), TableCell()]
+            _bold_best(group)
+            cells += group
+        rows.append(Row((s,), cells))
+    caption = ("Students trained on inputs with Gaussian noise of std σ (pixel scale [0, 1]): alone with "
+               "cross-entropy (GA) or distilled from the teacher that sees the clean input (SR, Eq. 2). "
+               f"{_seeds_note(plan)}; the better of GA and SR in bold.")
+    return Table("table3", title, caption, ("σ",), columns, rows)
+
+
+def _attack_table(frame: pd.DataFrame, plan, key: str) -> Table:
+    layout = {d: v for d, v in plan.tables.get(key, {}).items() if v}
+    if key == "table4":
+        attacks = plan.table4_attacks
+        title = f"Table 4: robust accuracy vs PGD steps (ε = {_eps255(plan.pgd20.eps)}/255)"
+        group = f"PGD steps (ε = {_eps255(plan.pgd20.eps)}/255)"
+        names = [str(a.steps) for a in attacks]
+        what = (f"PGD attacks with a fixed ε = {_eps255(plan.pgd20.eps)}/255 and an increasing number of "
+                "iterations (columns)")
+    else:
+        attacks = plan.table5_attacks
+        title = f"Table 5: robust accuracy vs ε (PGD-{plan.pgd20.steps})"
+        group = f"ε (/255), PGD-{plan.pgd20.steps}"
+        names = [_eps255(a.eps) for a in attacks]
+        what = f"PGD-{plan.pgd20.steps} attacks with an increasing ε bound (columns, in units of 1/255)"
+    index = ("Dataset", "σ", "Method")
+    if not layout or not attacks:
+        return _empty(key, title, f"{title.split(':')[0]} is not part of this configuration.", index)
+    res = _Results(frame, (WORST, MIN_RUNS), key)
+    columns = [Column(n, group) for n in names]
+    a0 = attacks[0]
+    blocks = [
+        (WORST, f"Worst of restarts: a sample counts as robust only if it survives all {a0.restarts} restarts"),
+        (MIN_RUNS, f"Min over runs (the authors' aggregate): worst of {a0.restarts} whole-test-set PGD runs"),
+    ]
+    rows = []
+    for metric, block in blocks:
+        for d, sigmas in layout.items():
+            for s in _sigma_sort(sigmas):
+                pair = sigmas[s]
+                pair_rows = [Row((dataset_label(d), s, method_label(plan.cell(d, name).method)),
+                                 [TableCell(res.get(d, name, metric, a)) for a in attacks], block) for name in pair]
+                for j in range(len(attacks)):
+                    _bold_best(r.cells[j] for r in pair_rows)
+                rows += pair_rows
+    caption = (f"GA vs SR students under {what}; step size {_num(a0.step_size)}, {a0.restarts} random restarts. "
+               "First block: per-sample worst case over the restarts (robust_acc_worst_of_restarts). Second "
+               "block: the paper authors' aggregate, the lowest accuracy among the independent whole-test-set "
+               f"runs (robust_acc_min_over_runs), never below the first. {_seeds_note(plan)}; the better of GA "
+               "and SR per column in bold.")
+    return Table(key, title, caption, index, columns, rows)
+
+
+def table4(frame: pd.DataFrame, plan) -> Table:
+    return _attack_table(frame, plan, "table4")
+
+
+def table5(frame: pd.DataFrame, plan) -> Table:
+    return _attack_table(frame, plan, "table5")
+
+
+def table_s1(frame: pd.DataFrame, plan) -> Table:
+    who, layout = "table_s1", plan.tables.get("soft_randomization", {})
+    a = plan.pgd20
+    title = f"Table S1: PGD-{a.steps} robust accuracy of GA vs SR (values of Figure 2)"
+    if not layout:
+        return _empty(who, title, "Soft Randomization is not part of this configuration.", ("σ",))
+    res = _Results(frame, (WORST, MIN_RUNS), who)
+    columns = [Column(m, dataset_label(d)) for d in layout for m in ("GA", "SR")]
+    rows = []
+    for metric, block in ((WORST, "Worst of restarts"), (MIN_RUNS, "Min over runs (authors' aggregate)")):
+        for s in _sigma_sort(s for d in layout for s in layout[d]["pairs"]):
+            cells = []
+            for d in layout:
+                pair = layout[d]["pairs"].get(s)
+                group = [TableCell(res.get(d, n, metric, a)) for n in pair] if pair else [TableCell(), TableCell()]
+                _bold_best(group)
+                cells += group
+            rows.append(Row((s,), cells, block))
+    caption = (f"Robust accuracy under {_attack_desc(a)} of students trained with Gaussian noise σ alone (GA) "
+               "or with Soft Randomization (SR). First block: per-sample worst case over the restarts (plotted "
+               "in Figure 2); second block: the authors' aggregate, worst of the whole-test-set runs. "
+               f"{_seeds_note(plan)}; the better of GA and SR in bold.")
+    return Table(who, title, caption, ("σ",), columns, rows)
+
+
+def _mc_table(frame: pd.DataFrame, plan, metric: str, who: str) -> Table:
+    layout = plan.tables.get("messy_collaboration", {})
+    index = ("Label corruption",)
+    if metric == "test_acc":
+        title = "Tables S2–S3: Messy Collaboration, test accuracy under label corruption (values of Figure 4)"
+    else:
+        title = "Table S4: Messy Collaboration, out-of-distribution accuracy under label corruption (values of Figure 5)"
+    if not layout:
+        return _empty(who, title, "Messy Collaboration is not part of this configuration.", index)
+    res = _Results(frame, (metric,), who)
+    datasets = [d for d in layout if metric == "test_acc" or res.has(d, metric)]
+    if not datasets:
+        return _empty(who, title, "No dataset of the Messy Collaboration experiment has out-of-distribution rows.",
+                      index)
+    mc_rates = _sigma_sort(k for d in datasets for g in layout[d].values() for k in g if k not in ("baseline", "hinton"))
+    columns = [Column("Teacher"), Column("Baseline"), Column("Hinton (r=0)")] + [Column(f"MC r={r}") for r in mc_rates]
+    rows = []
+    for d in datasets:
+        for rate in _sigma_sort(layout[d]):
+            g = layout[d][rate]
+            kind = plan.cell(d, g["hinton"]).teacher_kind
+            cells = [TableCell(res.teacher(d, kind, metric))]
+            students = [TableCell(res.get(d, g["baseline"], metric)), TableCell(res.get(d, g["hinton"], metric))]
+            students += [TableCell(res.get(d, g[r], metric)) if r in g else TableCell() for r in mc_rates]
+            _bold_best(students)
+            rows.append(Row((rate,), cells + students, dataset_label(d)))
+    what = "Test accuracy" if metric == "test_acc" else "Out-of-distribution accuracy"
+    caption = (f"{what} of students trained on labels of which the given fraction is corrupted (static, "
+               "symmetric). Teacher: the selected teacher trained on the same corrupted labels (one model, no "
+               "std). Hinton (r=0) is plain KD; MC r: Messy Collaboration re-draws each target uniformly with "
+               f"rate r per batch. One block per dataset. {_seeds_note(plan)}; best student per row in bold.")
+    return Table(who, title, caption, index, columns, rows)
+
+
+def table_s2_s3(frame: pd.DataFrame, plan) -> Table:
+    return _mc_table(frame, plan, "test_acc", "table_s2_s3")
+
+
+def table_s4(frame: pd.DataFrame, plan) -> Table:
+    return _mc_table(frame, plan, "ood_acc", "table_s4")
+
+
+def table_related(frame: pd.DataFrame, plan) -> Table:
+    who, layout = "table_related", plan.tables.get("related", {})
+    a = plan.pgd20
+    title = "Related methods: Hinton, Fickle Teacher, GA, SR, clean→noisy feature mimicry and Noisy Teacher"
+    title = title.replace("→", " to ")
+    if not layout:
+        return _empty(who, title, "The related-methods comparison is not part of this configuration.", ("Method",))
+    res = _Results(frame, ("test_acc", "ood_acc", "mca", WORST), who)
+    metrics = [("test_acc", "Test Acc.")]
+    if any(res.has(d, "ood_acc") for d in layout):
+        oods = {_ood_label(plan, d) for d in layout if res.has(d, "ood_acc")}
+        metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
+    if any(res.has(d, "mca") for d in layout):
+        metrics.append(("mca", "mCA"))
+    metrics.append((WORST, f"PGD-{a.steps} Acc."))
+    columns = [Column(h) for _, h in metrics]
+    multi = len(layout) > 1
+    rows = []
+    for d, names in layout.items():
+        block_rows = []
+        for name in names:
+            cell = plan.cell(d, name)
+            cells = []
+            for metric, _ in metrics:
+                if metric == WORST:
+                    ok = a in cell.attacks
+                    cells.append(TableCell(res.get(d, name, metric, a) if ok else None))
+                else:
+                    cells.append(TableCell(res.get(d, name, metric) if res.has(d, metric) else None))
+            block_rows.append(Row((cell_label(cell),), cells, dataset_label(d) if multi else None))
+        for j in range(len(metrics)):
+            _bold_best(r.cells[j] for r in block_rows)
+        rows += block_rows
+    ds = ", ".join(dataset_label(d) for d in layout)
+    caption = (f"{ds}. The paper's methods beside related noise-based distillation: clean-to-noisy feature "
+               "mimicry (Hong et al., student on x + N(0, σ²) matches the teacher's clean features) and Noisy "
+               "Teacher (Sau & Balasubramanian: teacher logits z(1 + ξ), ξ ~ N(0, σ²), perturbed for the given "
+               f"fraction of samples; L2 logit regression or Hinton's KL). PGD: worst of restarts under "
+               f"{_attack_desc(a)}; '-' where a model was not attacked. {_seeds_note(plan)}; best per column "
+               "in bold.")
+    return Table(who, title, caption, ("Method",), columns, rows)
+
+
+TABLES: dict[str, Callable[[pd.DataFrame, object], Table]] = {
+    "table1": table1,
+    "table2": table2,
+    "table3": table3,
+    "table4": table4,
+    "table5": table5,
+    "table_s1": table_s1,
+    "table_s2_s3": table_s2_s3,
+    "table_s4": table_s4,
+    "table_related": table_related,
+}
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+PANEL_W, PANEL_H = 3.4, 2.7  # inches: one panel is one column of a two-column paper
+
+
+def _style():
+    return sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.0)
+
+
+def _figure(n_panels: int, width: float = PANEL_W, height: float = PANEL_H) -> tuple[Figure, list]:
+    fig, axes = plt.subplots(1, max(n_panels, 1), figsize=(width * max(n_panels, 1), height),
+                             layout="constrained", squeeze=False)
+    return fig, list(axes[0])
+
+
+def _message_figure(title: str, message: str) -> Figure:
+    ax_style, ctx = _style()
+    with ax_style, ctx:
+        fig, (ax,) = _figure(1)
+        ax.set_axis_off()
+        ax.set_title(title)
+        ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    return fig
+
+
+def figure2(frame: pd.DataFrame, plan) -> Figure:
+    layout = {d: v for d, v in plan.tables.get("soft_randomization", {}).items() if v["pairs"]}
+    if not layout:
+        return _message_figure("Figure 2", "Soft Randomization is not part of this configuration.")
+    a = plan.pgd20
+    res = _Results(frame, (WORST,), "figure2")
+    colors = sns.color_palette("colorblind")
+    ax_style, ctx = _style()
+    with ax_style, ctx:
+        fig, axes = _figure(len(layout))
+        for ax, (d, v) in zip(axes, layout.items()):
+            sigmas = _sigma_sort(v["pairs"])
+            x = np.arange(len(sigmas))
+            for j, color, marker in ((0, colors[7], "s"), (1, colors[1], "o")):
+                names = [v["pairs"][s][j] for s in sigmas]
+                stats = [res.get(d, n, WORST, a) for n in names]
+                mean = 100 * np.array([s.mean for s in stats])
+                std = 100 * np.nan_to_num(np.array([s.std for s in stats]))
+                label = "Soft Randomization (SR)" if j else "Gaussian Augmentation (GA)"
+                ax.plot(x, mean, marker=marker, color=color, label=label, lw=1.5, ms=4)
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.25, lw=0)
+            ax.set_xticks(x, sigmas, rotation=45 if len(sigmas) > 6 else 0)
+            ax.set_xlabel("Training noise σ (pixel scale [0, 1])")
+            ax.set_ylabel(f"PGD-{a.steps} robust accuracy (%)")
+            ax.set_title(f"{dataset_label(d)}: ε = {_eps255(a.eps)}/255")
+            ax.set_ylim(bottom=0)
+            ax.legend(loc="best", frameon=True)
+    return fig
+
+
+def figure3(frame: pd.DataFrame, plan) -> Figure:
+    layout = plan.tables.get("soft_randomization", {})
+    title = "Figure 3"
+    if not layout:
+        return _message_figure(title, "Soft Randomization is not part of this configuration.")
+    datasets = list(layout)
+    sub = frame.loc[(frame["role"] == "student") & (frame["metric"] == "corruption_acc")
+                    & frame["dataset"].isin(datasets)]
+    per = sub.assign(value=pd.to_numeric(sub["value"], errors="coerce")).groupby(
+        ["dataset", "cell", "corruption"], sort=False)["value"].mean()
+    res = _Results(frame, ("mca",), "figure3")
+    datasets = [d for d in datasets if res.has(d, "mca") and d in per.index.get_level_values(0)]
+    if not datasets:
+        return _message_figure(title, "No dataset of the Soft Randomization experiment has corruption rows.")
+    try:
+        from .corruptions import CORRUPTIONS
+    except Exception:  # pragma: no cover - the ordering is cosmetic
+        CORRUPTIONS = ()
+    panels = []
+    for d in datasets:
+        v = layout[d]
+        names = [v["hinton"]] + [v["pairs"][s][1] for s in _sigma_sort(v["pairs"])]
+        found = set(per.loc[d].index.get_level_values("corruption"))
+        order = [c for c in CORRUPTIONS if c in found] + sorted(found - set(CORRUPTIONS))
+        acc = np.full((len(names), len(order)), np.nan)
+        labels = []
+        for i, name in enumerate(names):
+            mca = res.get(d, name, "mca")
+            labels.append(f"{cell_label(plan.cell(d, name))} (mCA {100 * mca.mean:.2f})")
+            try:
+                row = per.loc[(d, name)]
+            except KeyError:
+                raise NoiseKDError(f"figure3: no corruption_acc rows for {d}/{name}") from None
+            for k, c in enumerate(order):
+                if c not in row.index:
+                    raise NoiseKDError(f"figure3: no corruption_acc rows for {d}/{name} corruption {c}")
+                acc[i, k] = 100 * row[c]
+        panels.append((d, labels, order, acc))
+    ax_style, ctx = _style()
+    with ax_style, ctx:
+        ncols = max(len(p[2]) for p in panels)
+        nrows = max(len(p[1]) for p in panels)
+        fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.42 * ncols + 2.6), (0.32 * nrows + 1.6) * len(panels)),
+                                 layout="constrained", squeeze=False)
+        for ax, (d, labels, order, acc) in zip(axes[:, 0], panels):
+            delta = acc - acc[0:1]  # vs Hinton
+            lim = max(1.0, float(np.nanmax(np.abs(delta))))
+            sns.heatmap(delta, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim, annot=acc, fmt=".1f",
+                        annot_kws={"fontsize": 6}, linewidths=0.4, linecolor="white",
+                        xticklabels=[corruption_label(c) for c in order], yticklabels=labels,
+                        cbar_kws={"label": "Δ accuracy vs Hinton (pp)", "pad": 0.01})
+            ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+            ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
+            ax.set_xlabel("Corruption (accuracy in %, mean over severities 1–5 and seeds)")
+            ax.set_ylabel("")
+            ax.set_title(f"{dataset_label(d)}: corruption robustness of SR vs Hinton")
+    return fig
+
+
+def _mc_figure(frame: pd.DataFrame, plan, metric: str, who: str) -> Figure:
+    layout = plan.tables.get("messy_collaboration", {})
+    name = "Figure 4" if metric == "test_acc" else "Figure 5"
+    if not layout:
+        return _message_figure(name, "Messy Collaboration is not part of this configuration.")
+    res = _Results(frame, (metric,), who)
+    datasets = [d for d in layout if metric == "test_acc" or res.has(d, metric)]
+    if not datasets:
+        return _message_figure(name, "No dataset of the Messy Collaboration experiment has out-of-distribution rows.")
+    ax_style, ctx = _style()
+    with ax_style, ctx:
+        fig, axes = _figure(len(datasets), height=PANEL_H + 0.2)
+        handles: dict[str, object] = {}
+        for ax, d in zip(axes, datasets):
+            grid = layout[d]
+            rates = _sigma_sort(grid)
+            x = np.array([float(r) for r in rates])
+            mc_rates = _sigma_sort(k for g in grid.values() for k in g if k not in ("baseline", "hinton"))
+            mc_colors = sns.color_palette("flare", len(mc_rates)) if mc_rates else []
+            base = sns.color_palette("colorblind")
+            series = [("Teacher", None, "black", "s", "--"), ("Baseline", "baseline", base[7], "v", "-"),
+                      ("Hinton (r=0)", "hinton", base[0], "o", "-")]
+            series += [(f"MC r={r}", r, c, "D", "-") for r, c in zip(mc_rates, mc_colors)]
+            span = (x.max() - x.min()) if len(x) > 1 else 1.0
+            for i, (label, key, color, marker, ls) in enumerate(series):
+                xs, ms, sds = [], [], []
+                for r, xv in zip(rates, x):
+                    g = grid[r]
+                    if key is None:
+                        st = res.teacher(d, plan.cell(d, g["hinton"]).teacher_kind, metric)
+                    elif key in g:
+                        st = res.get(d, g[key], metric)
+                    else:
+                        continue
+                    xs.append(xv)
+                    ms.append(100 * st.mean)
+                    sds.append(100 * st.std if math.isfinite(st.std) else 0.0)
+                if not xs:
+                    continue
+                dodge = (i - (len(series) - 1) / 2) * 0.006 * span  # keep error bars apart
+                h = ax.errorbar(np.array(xs) + dodge, ms, yerr=sds, label=label, color=color, marker=marker,
+                                ls=ls, lw=1.2, ms=3.5, capsize=2, elinewidth=0.8)
+                handles.setdefault(label, h)
+            ax.set_xticks(x, rates)
+            ax.set_xlabel("Label corruption rate (fraction of training labels)")
+            ax.set_ylabel(("Test" if metric == "test_acc" else _ood_label(plan, d).replace(" Acc.", "")) + " accuracy (%)")
+            ax.set_title(dataset_label(d))
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncol=min(len(handles), 4), frameon=False)
+    return fig
+
+
+def figure4(frame: pd.DataFrame, plan) -> Figure:
+    return _mc_figure(frame, plan, "test_acc", "figure4")
+
+
+def figure5(frame: pd.DataFrame, plan) -> Figure:
+    return _mc_figure(frame, plan, "ood_acc", "figure5")
+
+
+FIGURES: dict[str, Callable[[pd.DataFrame, object], Figure]] = {
+    "figure2": figure2,
+    "figure3": figure3,
+    "figure4": figure4,
+    "figure5": figure5,
+}
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def write_table(table: Table, md_path=None, tex_path=None, csv_path=None) -> None:
+    """Write the Markdown, LaTeX and CSV renderings (each path optional), each atomically."""
+    for path, render in ((md_path, table.to_markdown), (tex_path, table.to_latex), (csv_path, table.to_csv)):
+        if path is None:
+            continue
+        text = render()
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text, encoding="utf-8")
+
+
+def write_figure(fig: Figure, png_path=None, pdf_path=None, dpi: int = 200) -> None:
+    """Save as PNG and PDF (each path optional), atomically and reproducibly; always closes the figure."""
+    try:
+        for path, fmt, meta in ((png_path, "png", {"Software": None}),
+                                (pdf_path, "pdf", {"CreationDate": None, "Creator": None, "Producer": None})):
+            if path is None:
+                continue
+            with atomic_path(path) as tmp:
+                # tight: a legend wider than a one-panel figure must not be cut off
+                fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight", pad_inches=0.05)
+    finally:
+        plt.close(fig)
