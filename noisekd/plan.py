@@ -165,7 +165,8 @@ class Plan:
         rel = ex.get("related")
         if rel:
             for d in rel["datasets"]:
-                rows = [self._add(d, "hinton"), self._add(d, "ft", {"dropout": rel["ft_dropout"]})]
+                rows = [self._add(d, m) for m in ("baseline", "hinton")]
+                rows.append(self._add(d, "ft", {"dropout": rel["ft_dropout"]}))
                 for s in rel["sigma"]:
                     rows += [self._add(d, m, {"sigma": s}, attacks=(self.pgd20,))
                              for m in ("ga", "sr", "feature_mimicry")]

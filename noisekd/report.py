@@ -31,26 +31,37 @@ import csv
 import io
 import math
 import re
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
 
-from .evaluate import AttackSetting  # noqa: E402
-from .io import NoiseKDError, atomic_path  # noqa: E402
+from .evaluate import AttackSetting
+from .io import NoiseKDError, atomic_path
 
 __all__ = [
-    "Stat", "TableCell", "Column", "Row", "Table", "TABLES", "FIGURES", "write_table", "write_figure",
-    "cell_label", "method_label", "dataset_label",
+    "FIGURES",
+    "TABLES",
+    "Column",
+    "Row",
+    "Stat",
+    "Table",
+    "TableCell",
+    "cell_label",
+    "dataset_label",
+    "method_label",
+    "write_figure",
+    "write_table",
 ]
 
 WORST = "robust_acc_worst_of_restarts"
@@ -214,10 +225,9 @@ class Table:
             labels = list(row.index)
             if prev is not None:
                 for i in range(len(labels) - 1):
-                    if labels[: i + 1] == list(prev[: i + 1]):
-                        labels[i] = ""
-                    else:
+                    if row.index[: i + 1] != prev[: i + 1]:
                         break
+                    labels[i] = ""
             prev = row.index
             out.append(labels)
         return out
@@ -769,7 +779,8 @@ def figure2(frame: pd.DataFrame, plan) -> Figure:
             ax.set_ylabel(f"PGD-{a.steps} robust accuracy (%)")
             ax.set_title(f"{dataset_label(d)}: ε = {_eps255(a.eps)}/255")
             ax.set_ylim(bottom=0)
-            ax.legend(loc="best", frameon=True)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
     return fig
 
 
@@ -787,10 +798,7 @@ def figure3(frame: pd.DataFrame, plan) -> Figure:
     datasets = [d for d in datasets if res.has(d, "mca") and d in per.index.get_level_values(0)]
     if not datasets:
         return _message_figure(title, "No dataset of the Soft Randomization experiment has corruption rows.")
-    try:
-        from .corruptions import CORRUPTIONS
-    except Exception:  # pragma: no cover - the ordering is cosmetic
-        CORRUPTIONS = ()
+    from .corruptions import CORRUPTIONS  # the CIFAR-10-C order: noise, blur, weather, digital
     panels = []
     for d in datasets:
         v = layout[d]
@@ -815,17 +823,20 @@ def figure3(frame: pd.DataFrame, plan) -> Figure:
     with ax_style, ctx:
         ncols = max(len(p[2]) for p in panels)
         nrows = max(len(p[1]) for p in panels)
-        fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.42 * ncols + 2.6), (0.32 * nrows + 1.6) * len(panels)),
+        fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.42 * ncols + 2.6), max(2.6, 0.32 * nrows + 1.6) * len(panels)),
                                  layout="constrained", squeeze=False)
         for ax, (d, labels, order, acc) in zip(axes[:, 0], panels):
             delta = acc - acc[0:1]  # vs Hinton
             lim = max(1.0, float(np.nanmax(np.abs(delta))))
-            sns.heatmap(delta, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim, annot=acc, fmt=".1f",
-                        annot_kws={"fontsize": 6}, linewidths=0.4, linecolor="white",
-                        xticklabels=[corruption_label(c) for c in order], yticklabels=labels,
-                        cbar_kws={"label": "Δ accuracy vs Hinton (pp)", "pad": 0.01})
+            with warnings.catch_warnings():  # seaborn 0.13 calls Colormap.set_bad (pending deprecation)
+                warnings.simplefilter("ignore", PendingDeprecationWarning)
+                sns.heatmap(delta, ax=ax, cmap="RdBu", center=0, vmin=-lim, vmax=lim, annot=acc, fmt=".1f",
+                            annot_kws={"fontsize": 6}, linewidths=0.4, linecolor="white",
+                            xticklabels=[corruption_label(c) for c in order], yticklabels=labels,
+                            cbar_kws={"label": "Δ accuracy vs Hinton (pp)", "pad": 0.01})
             ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
             ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
+            ax.axhline(1, color="black", lw=1.0)  # the Hinton reference row above the SR rows
             ax.set_xlabel("Corruption (accuracy in %, mean over severities 1–5 and seeds)")
             ax.set_ylabel("")
             ax.set_title(f"{dataset_label(d)}: corruption robustness of SR vs Hinton")
@@ -871,16 +882,19 @@ def _mc_figure(frame: pd.DataFrame, plan, metric: str, who: str) -> Figure:
                     sds.append(100 * st.std if math.isfinite(st.std) else 0.0)
                 if not xs:
                     continue
-                dodge = (i - (len(series) - 1) / 2) * 0.006 * span  # keep error bars apart
-                h = ax.errorbar(np.array(xs) + dodge, ms, yerr=sds, label=label, color=color, marker=marker,
-                                ls=ls, lw=1.2, ms=3.5, capsize=2, elinewidth=0.8)
+                if key is None:  # one selected teacher per rate: no spread to show
+                    (h,) = ax.plot(xs, ms, label=label, color=color, marker=marker, ls=ls, lw=1.2, ms=3.5)
+                else:
+                    dodge = (i - (len(series) - 1) / 2) * 0.006 * span  # keep error bars apart
+                    h = ax.errorbar(np.array(xs) + dodge, ms, yerr=sds, label=label, color=color, marker=marker,
+                                    ls=ls, lw=1.2, ms=3.5, capsize=2, elinewidth=0.8)
                 handles.setdefault(label, h)
             ax.set_xticks(x, rates)
-            ax.set_xlabel("Label corruption rate (fraction of training labels)")
+            ax.set_xlabel("Label corruption rate")
             ax.set_ylabel(("Test" if metric == "test_acc" else _ood_label(plan, d).replace(" Acc.", "")) + " accuracy (%)")
             ax.set_title(dataset_label(d))
         fig.legend(list(handles.values()), list(handles), loc="outside lower center",
-                   ncol=min(len(handles), 4), frameon=False)
+                   ncol=min(len(handles), 4 if len(datasets) > 1 else 3), frameon=False)
     return fig
 
 

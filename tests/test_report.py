@@ -44,7 +44,7 @@ def synth(plan: Plan, seed: int = 0, ood: bool = True, corruptions: bool = True)
     for d, dcfg in plan.dataset_configs.items():
         has_ood, has_corr = ood and bool(dcfg.get("ood")), corruptions and bool(dcfg.get("corruptions"))
         for kind in plan.teacher_kinds.get(d, {}):
-            ident = dict(dataset=d, method="teacher", cell=kind, params="{}", label_corruption=0.0)
+            ident = {"dataset": d, "method": "teacher", "cell": kind, "params": "{}", "label_corruption": 0.0}
             for ts in plan.teacher_seeds:
                 add(1, run_id=f"{d}/teachers/{kind}/{ts}", role="teacher_candidate", seed=ts, teacher_seed=ts,
                     metric="selection_acc", value=float(rng.uniform(0.9, 1.0)), **ident)
@@ -56,9 +56,9 @@ def synth(plan: Plan, seed: int = 0, ood: bool = True, corruptions: bool = True)
                     value=float(rng.uniform(0.6, 0.7)), **ident)
         for name, cell in plan.cells(d).items():
             for s in plan.student_seeds:
-                ident = dict(run_id=f"{d}/{name}/{s}", role="student", dataset=d, method=cell.method, cell=name,
-                             params=json.dumps(cell.params, sort_keys=True), label_corruption=cell.label_corruption,
-                             seed=s, teacher_seed=plan.teacher_seeds[-1])
+                ident = {"run_id": f"{d}/{name}/{s}", "role": "student", "dataset": d, "method": cell.method, "cell": name,
+                             "params": json.dumps(cell.params, sort_keys=True), "label_corruption": cell.label_corruption,
+                             "seed": s, "teacher_seed": plan.teacher_seeds[-1]}
                 add(1, metric="test_acc", value=float(rng.uniform(0.85, 0.97)), **ident)
                 if has_ood:
                     add(1, metric="ood_acc", value=float(rng.uniform(0.55, 0.7)), **ident)
@@ -73,7 +73,7 @@ def synth(plan: Plan, seed: int = 0, ood: bool = True, corruptions: bool = True)
                     add(1, metric="mca", value=float(acc.mean()), **ident)
                     add(1, metric="mca_cond", value=float(np.minimum(acc + 0.05, 1).mean()), **ident)
                 for a in cell.attacks:
-                    cond = dict(attack="pgd", steps=a.steps, eps=a.eps, step_size=a.step_size, restarts=a.restarts)
+                    cond = {"attack": "pgd", "steps": a.steps, "eps": a.eps, "step_size": a.step_size, "restarts": a.restarts}
                     worst = float(rng.uniform(0.0, 0.6))
                     add(1, metric="robust_acc_worst_of_restarts", value=worst, **cond, **ident)
                     add(1, metric="robust_acc_min_over_runs", value=worst + 0.01, **cond, **ident)
