@@ -17,6 +17,7 @@ import torch
 
 from ..data import ImageData
 from ..io import NoiseKDError
+from ..corruptions import CORRUPTIONS
 from .cifar10 import CIFAR10_CLASSES
 from .download import ensure_download, safe_extract_tar
 
@@ -24,27 +25,7 @@ CIFAR10C_URL = "https://zenodo.org/records/2535967/files/CIFAR-10-C.tar"
 CIFAR10C_MD5 = "56bf5dcef84df0e2308c6dcbcbbd8499"
 CIFAR10C_ARCHIVE = "CIFAR-10-C.tar"
 CIFAR10C_FOLDER = "CIFAR-10-C"
-CIFAR10C_CORRUPTIONS = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-    "speckle_noise",
-    "gaussian_blur",
-    "spatter",
-    "saturate",
-)
+CIFAR10C_CORRUPTIONS = CORRUPTIONS  # one list of the 19 release file names, kept in noisekd.corruptions
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
