@@ -19,31 +19,26 @@ are shared, so the minimum is the least noisy estimate).  Both time
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 
 import torch
 
+from benchmarks.common import DEFAULT_OUT_DIR, context, emit, sync
 from noisekd.attacks import PAPER_EPS, PAPER_RESTARTS, PAPER_STEP_SIZE, robust_accuracy
 from noisekd.models import wide_resnet
+from noisekd.train import inference_model
 
 STEPS = 20
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(model, x, y, device, batch_size, early_stop, seed):
     g = torch.Generator(device=device).manual_seed(seed)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     result = robust_accuracy(
         model, x, y, PAPER_EPS, PAPER_STEP_SIZE, STEPS, PAPER_RESTARTS, g, batch_size, early_stop=early_stop
     )
-    _sync(device)
+    sync(device)
     return time.perf_counter() - t0, result
 
 
@@ -56,16 +51,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--repeats", type=int, default=1, help="time each setting this many times, keep the fastest")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plain-model", action="store_true",
+                        help="attack the model as trained, not the pipeline's inference copy (BatchNorm folded, "
+                             "channels_last on CUDA)")
+    parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR), help="where the JSON record goes ('' = nowhere)")
     args = parser.parse_args(argv)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     n = args.n if args.n is not None else (8 if args.quick else 64)
-    batch_size = args.batch_size if args.batch_size is not None else (512 if device.type == "cuda" else 160)
+    batch_size = args.batch_size if args.batch_size is not None else (5000 if device.type == "cuda" else 160)
 
     torch.manual_seed(args.seed)
     model = wide_resnet(16, 2).to(device).eval()
+    if not args.plain_model:
+        model = inference_model(model)
     g = torch.Generator(device=device).manual_seed(args.seed)
     x = torch.rand(n, 3, 32, 32, generator=g, device=device)
     with torch.no_grad():
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     full_s, es_s = min(full_times), min(es_times)
     record = {
         "benchmark": "pgd",
+        **context(device),
         "model": "WRN-16-2",
         "input": [3, 32, 32],
         "eps": PAPER_EPS,
@@ -91,10 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
         "restarts": PAPER_RESTARTS,
         "n": n,
         "batch_size": batch_size,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "inference_model": not args.plain_model,
         "quick": args.quick,
         "repeats": len(full_times),
         "seconds": round(full_s, 3),
@@ -104,8 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         "robust_accuracy": full["worst_of_restarts"],
         "robust_accuracy_early_stop": es["worst_of_restarts"],
     }
-    print(json.dumps(record), flush=True)
-    return record
+    return emit(record, args.out_dir or None)
 
 
 if __name__ == "__main__":

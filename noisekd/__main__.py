@@ -22,7 +22,7 @@ from .data import ImageData
 from .evaluate import AttackSetting, accuracy, attack_rows, corruption_rows, finish_rows, write_rows
 from .io import NoiseKDError, load_torch
 from .provenance import provenance
-from .train import load_model, resolve_device
+from .train import inference_model, load_model, resolve_device
 
 log = logging.getLogger("noisekd")
 
@@ -73,7 +73,7 @@ def evaluation_sets(args, size: int):
 def evaluate_command(args) -> None:
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    model = load_model(args.checkpoint, device=device)
+    model = inference_model(load_model(args.checkpoint, device=device))
     saved = load_torch(args.checkpoint)
     summary = json.loads(saved.get("summary", "{}")) if isinstance(saved.get("summary"), str) else {}
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def evaluate_command(args) -> None:
         if r["metric"] in ("test_acc", "ood_acc", "mca", "mca_cond"):
             log.info(f"{r['metric']}: {100 * r['value']:.2f}%")
     settings = [AttackSetting(n, args.eps, args.step_size, args.restarts) for n in args.pgd_steps]
-    rows += attack_rows(model, test, settings, seed=args.seed, log=log.info)
+    rows += attack_rows(model, test, settings, seed=args.seed, batch_size=args.attack_batch_size, log=log.info)
     run = summary.get("run", {})
     identity = {"run_id": str(args.checkpoint), "role": run.get("role", "model"), "dataset": args.dataset,
                 "method": summary.get("method"), "cell": run.get("cell") or run.get("kind"),
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--eps", type=float, default=PAPER_EPS)
     ev.add_argument("--step-size", type=float, default=PAPER_STEP_SIZE)
     ev.add_argument("--restarts", type=int, default=PAPER_RESTARTS)
+    ev.add_argument("--attack-batch-size", type=int, default=5000, help="(sample, restart) rows per PGD pass")
     ev.add_argument("--seed", type=int, default=0, help="seed of corruptions and attack restarts")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threads", type=int, default=2)

@@ -71,6 +71,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "pgd",
     "robust_accuracy",
+    "robust_accuracy_curve",
 ]
 
 PAPER_EPS: float = 8 / 255
@@ -157,11 +158,12 @@ def _run_chunk(
     generator: torch.Generator,
     early_stop: bool,
     stop_whole_sample: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attack one chunk of n samples with all its restarts batched together.
 
     Rows are restart-major: row r * n + i is restart r of sample i.  Returns the (R * n, ...) images
-    each row ended at and the (R * n,) bool "fooled" flags under the module's convention.
+    each row ended at, the (R * n,) bool "fooled" flags under the module's convention and, per row,
+    the index of the first iterate found misclassified (steps + 1 if none).
     With `stop_whole_sample`, all rows of a sample stop once any of them is fooled (their flags
     then only say whether that row had been fooled when it stopped).
     """
@@ -176,9 +178,12 @@ def _run_chunk(
 
     out = adv.clone()  # final image of every row; frozen rows are written as they stop
     fooled = torch.zeros(restarts * n, dtype=torch.bool, device=x.device)
+    # index t of the first iterate x_t seen misclassified, steps + 1 if none (early_stop: the
+    # any-iterate rule, so the row is robust to PGD-T with this start iff fooled_at > T)
+    fooled_at = torch.full((restarts * n,), steps + 1, dtype=torch.int64, device=x.device)
     idx = torch.arange(restarts * n, device=x.device)  # which rows are still being attacked
 
-    for _ in range(steps):
+    for t in range(steps):
         if idx.numel() == 0:
             break
         adv.requires_grad_(True)
@@ -200,6 +205,7 @@ def _run_chunk(
                 # sibling restart of a fooled sample, wherever it was).  Rows that go on are
                 # overwritten later, so writing every active row is correct and avoids another sync.
                 fooled[idx] = wrong
+                fooled_at[idx] = torch.where(wrong, t, fooled_at[idx])
                 out[idx] = adv
                 idx, adv, grad, clean, labels = idx[keep], adv[keep], grad[keep], clean[keep], labels[keep]
         adv = adv + step_size * grad.sign()
@@ -210,14 +216,15 @@ def _run_chunk(
         with torch.no_grad():
             wrong = model(adv).argmax(1) != labels
         fooled[idx] = wrong
+        fooled_at[idx] = torch.where(wrong, steps, fooled_at[idx])
         out[idx] = adv
-    return out, fooled
+    return out, fooled, fooled_at
 
 
 def _attack(
     model, x, y, eps, step_size, steps, restarts, random_start, generator, batch_size, early_stop, stop_whole_sample
 ):
-    """Yield (start, stop, images (R * n, ...), fooled (R, n)) chunk by chunk over the samples."""
+    """Yield (start, stop, images (R * n, ...), fooled (R, n), fooled_at (R, n)) chunk by chunk."""
     _check_args(x, y, eps, step_size, steps, restarts, batch_size, generator)
     if generator is None:
         generator = _default_generator(x.device)
@@ -229,7 +236,7 @@ def _attack(
     with _eval_mode(model), torch.enable_grad(), torch.autocast(device_type, enabled=False):
         for start in range(0, x.shape[0], per_chunk):
             stop = min(start + per_chunk, x.shape[0])
-            images, fooled = _run_chunk(
+            images, fooled, fooled_at = _run_chunk(
                 model,
                 xf[start:stop],
                 yl[start:stop],
@@ -242,7 +249,7 @@ def _attack(
                 early_stop,
                 stop_whole_sample,
             )
-            yield start, stop, images, fooled.view(restarts, stop - start)
+            yield start, stop, images, fooled.view(restarts, stop - start), fooled_at.view(restarts, stop - start)
 
 
 def pgd(
@@ -278,7 +285,7 @@ def pgd(
     The model is run in eval mode (previous modes restored), fp32, gradients w.r.t. the input only.
     """
     result = torch.empty_like(x)
-    for start, stop, images, fooled in _attack(
+    for start, stop, images, fooled, _ in _attack(
         model, x, y, eps, step_size, steps, restarts, random_start, generator, batch_size, early_stop, True
     ):
         n = stop - start
@@ -327,28 +334,64 @@ def robust_accuracy(
     The returned dict also records the protocol: n, eps, step_size, steps, restarts, random_start,
     early_stop and ``"fooled_rule"`` ("any_iterate" or "final_iterate").
     """
+    return robust_accuracy_curve(model, x, y, eps, step_size, [steps], restarts, generator, batch_size,
+                                 random_start=random_start, early_stop=early_stop)[0]
+
+
+def robust_accuracy_curve(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    step_size: float,
+    steps: list[int] | tuple[int, ...],
+    restarts: int = PAPER_RESTARTS,
+    generator: torch.Generator | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    *,
+    random_start: bool = True,
+    early_stop: bool = True,
+) -> list[dict]:
+    """`robust_accuracy` for several step counts from ONE attack of max(steps) steps.
+
+    PGD-T is the first T steps of PGD-T' (T < T') from the same start: its iterates do not depend on
+    how many steps follow.  Under the any-iterate rule (early_stop=True) a (sample, restart) pair
+    survives PGD-T iff none of x_0 .. x_T is misclassified, which the long run records per pair, so
+    every T's result is exactly that of a separate PGD-T run with the same random starts -- at the
+    cost of the longest one (Table 4's 1+5+...+1000 = 1351 steps become 1000).  The final-iterate
+    rule (early_stop=False) only supports one step count.  Returns one dict per entry of `steps`,
+    in order (see `robust_accuracy`).
+    """
     if x.shape[0] == 0:
         raise ValueError("robust_accuracy needs at least one sample")
-    robust = []
-    for _, _, _, fooled in _attack(
-        model, x, y, eps, step_size, steps, restarts, random_start, generator, batch_size, early_stop, False
+    steps = [int(s) for s in steps]
+    if not steps:
+        raise ValueError("steps must list at least one step count")
+    if not early_stop and len(set(steps)) > 1:
+        raise ValueError("several step counts from one run need the any-iterate rule (early_stop=True)")
+    first_fooled = []
+    for _, _, _, _, fooled_at in _attack(
+        model, x, y, eps, step_size, max(steps), restarts, random_start, generator, batch_size, early_stop, False
     ):
-        robust.append(~fooled)
-    robust = torch.cat(robust, dim=1)  # (R, N)
-    n = robust.shape[1]
-    per_run = (robust.sum(1).double() / n).tolist()
-    worst = float(robust.all(0).sum().double() / n)
-    return {
-        "worst_of_restarts": worst,
-        "min_over_runs": min(per_run),
-        "mean_over_runs": sum(per_run) / len(per_run),
-        "per_run": per_run,
-        "n": n,
-        "eps": float(eps),
-        "step_size": float(step_size),
-        "steps": int(steps),
-        "restarts": int(restarts),
-        "random_start": bool(random_start),
-        "early_stop": bool(early_stop),
-        "fooled_rule": "any_iterate" if early_stop else "final_iterate",
-    }
+        first_fooled.append(fooled_at)
+    first_fooled = torch.cat(first_fooled, dim=1)  # (R, N)
+    results = []
+    for t in steps:
+        robust = first_fooled > t  # under final-iterate, fooled_at is `steps` or never
+        n = robust.shape[1]
+        per_run = (robust.sum(1).double() / n).tolist()
+        results.append({
+            "worst_of_restarts": float(robust.all(0).sum().double() / n),
+            "min_over_runs": min(per_run),
+            "mean_over_runs": sum(per_run) / len(per_run),
+            "per_run": per_run,
+            "n": n,
+            "eps": float(eps),
+            "step_size": float(step_size),
+            "steps": t,
+            "restarts": int(restarts),
+            "random_start": bool(random_start),
+            "early_stop": bool(early_stop),
+            "fooled_rule": "any_iterate" if early_stop else "final_iterate",
+        })
+    return results

@@ -157,12 +157,18 @@ class DeviceSampler:
     def permutation(self) -> torch.Tensor:
         return torch.randperm(len(self.data), device=self.data.images.device, generator=self.generator)
 
-    def batch(self, perm: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = perm[step * self.batch_size : (step + 1) * self.batch_size]
+    def indices(self, perm: torch.Tensor, step: int) -> torch.Tensor:
+        return perm[step * self.batch_size : (step + 1) * self.batch_size]
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented images and labels of the samples `idx` (no host sync: CUDA-graph safe)."""
         images = self.data.images[idx]
         if self.augmentation is not None:
             images = random_crop_flip(images, self.augmentation, self.generator)
         return images, self.data.labels[idx]
+
+    def batch(self, perm: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gather(self.indices(perm, step))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         perm = self.permutation()

@@ -69,14 +69,20 @@ def _pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return d * (1.0 - torch.eye(e.shape[0], device=e.device, dtype=e.dtype))
 
 
+def _mean_of_positive(d: torch.Tensor) -> torch.Tensor:
+    """Mean over the positive entries, without boolean indexing (which would sync with the host)."""
+    positive = d > 0
+    return (d * positive).sum() / positive.sum()
+
+
 def rkd_distance(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
     """Park et al. (2019) RKD-D: distances normalised by their mean over positive entries;
     Huber (smooth-L1, delta = 1) averaged over the full B x B matrix."""
     es, et = _fp32(es, et)
     dt = _pairwise_distances(et)
-    dt = dt / dt[dt > 0].mean()
+    dt = dt / _mean_of_positive(dt)
     ds = _pairwise_distances(es)
-    ds = ds / ds[ds > 0].mean()
+    ds = ds / _mean_of_positive(ds)
     return F.smooth_l1_loss(ds, dt, reduction="mean")
 
 

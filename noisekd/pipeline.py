@@ -29,7 +29,8 @@ from .io import NoiseKDError, atomic_path, write_json_atomic
 from .methods import MethodParams, get_method
 from .plan import Plan
 from .provenance import provenance
-from .train import TrainConfig, TrainingInterrupted, build_model, fit, load_model, resolve_device, save_model
+from .train import (TrainConfig, TrainingInterrupted, build_model, fit, inference_model, load_model, resolve_device,
+                    save_model)
 
 log = logging.getLogger("noisekd")
 
@@ -250,7 +251,7 @@ def evaluate_model(plan: Plan, identity: dict, model_path: str, inputs: dict, ou
 
     torch.set_num_threads(threads)
     device = resolve_device(plan.config.get("device"))
-    model = load_model(model_path, device=device)
+    model = inference_model(load_model(model_path, device=device))
     batch_size = plan.config["evaluation"]["batch_size"]
     test, ood = _eval_data(inputs, device)
     t0 = time.perf_counter()
@@ -295,10 +296,11 @@ def attack_model(plan: Plan, dataset: str, cell_name: str, seed: int, model_path
                  test_path: str, out_path: str, threads: int) -> None:
     torch.set_num_threads(threads)
     device = resolve_device(plan.config.get("device"))
-    model = load_model(model_path, device=device)
+    model = inference_model(load_model(model_path, device=device))
     test = load_image_data(test_path)
     cell = plan.cell(dataset, cell_name)
-    rows = attack_rows(model, test, cell.attacks, seed=seed, log=log.info)
+    rows = attack_rows(model, test, cell.attacks, seed=seed, batch_size=plan.config["evaluation"]["pgd"].get("batch_size", 5000),
+                       log=log.info)
     identity = student_identity(plan, dataset, cell_name, seed, summary_path)
     write_rows(finish_rows(rows, identity, provenance(plan.config, device)), out_path)
 

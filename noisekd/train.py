@@ -27,9 +27,12 @@ from . import losses
 from .data import Augmentation, DeviceSampler, ImageData, random_relabel, to_float
 from .io import NoiseKDError, load_torch, save_torch_atomic
 from .methods import Method, MethodParams
-from .models import WideResNet, WRNSpec
+from .models import WideResNet, WRNSpec, fold_batchnorm
 
 CHECKPOINT_VERSION = 1
+PRECISIONS = ("auto", "bf16", "fp32")
+# Settings that change speed but not a single number of the run: not part of a checkpoint's identity.
+SPEED_ONLY = ("cuda_graphs", "teacher_stream", "checkpoint_every", "check_every")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,6 +80,14 @@ def set_teacher_mode(teacher: WideResNet, fickle: bool) -> None:
         p.requires_grad_(False)
 
 
+def _side_stream(stream: torch.cuda.Stream | None):
+    """Run a block on `stream` after all work queued so far on the current stream (CUDA), or inline."""
+    if stream is None:
+        return contextlib.nullcontext()
+    stream.wait_stream(torch.cuda.current_stream())
+    return torch.cuda.stream(stream)
+
+
 def distillation_loss(
     method: Method,
     params: MethodParams,
@@ -86,11 +97,16 @@ def distillation_loss(
     labels: torch.Tensor,
     num_classes: int,
     generator: torch.Generator,
+    teacher_stream: torch.cuda.Stream | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The one training objective: (loss, student logits) for a batch of float images in [0, 1].
 
     Draw order from `generator` (fixed, for determinism): targets, input noise, logit noise; dropout
     masks are drawn by the networks' SeededDropout modules during the forward passes.
+
+    With a `teacher_stream` (CUDA), the teacher's forward runs on it, side by side with the student's
+    forward, and joins before the loss.  Random draws are reserved in launch order on the host, so the
+    numbers are those of the sequential step.
     """
     terms = method.terms(params)
     targets = random_relabel(labels, params.mc_rate, num_classes, generator) if method.relabel else labels
@@ -105,13 +121,17 @@ def distillation_loss(
     if TEACHER_TERMS & terms.keys():
         if teacher is None:
             raise NoiseKDError(f"method {method.name} needs a teacher")
-        with torch.no_grad():
+        with _side_stream(teacher_stream), torch.no_grad():
             out = teacher(images, features=want_features)
-        ctx.teacher_logits, ctx.teacher_features = out if want_features else (out, None)
-        if method.perturb_teacher_logits:
-            ctx.teacher_logits = perturb_logits(ctx.teacher_logits, params.nt_sigma, params.nt_rate, generator)
+            ctx.teacher_logits, ctx.teacher_features = out if want_features else (out, None)
+            if method.perturb_teacher_logits:
+                ctx.teacher_logits = perturb_logits(ctx.teacher_logits, params.nt_sigma, params.nt_rate, generator)
     out = student(student_input, features=want_features)
     ctx.student_logits, ctx.student_features = out if want_features else (out, None)
+    if teacher_stream is not None:
+        # Join.  Every step forks after all earlier work and joins before the loss, so tensors that
+        # cross the two streams are never reused by one while the other may still read them.
+        torch.cuda.current_stream().wait_stream(teacher_stream)
     loss = sum(weight * TERMS[name](ctx, params) for name, weight in terms.items())
     return loss, ctx.student_logits
 
@@ -132,8 +152,13 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     check_every: int = 50  # steps between (cheap) host checks for a non-finite loss
-    amp: bool = True  # bf16 autocast on CUDA (losses stay fp32); ignored on CPU
-    channels_last: bool = True  # on CUDA
+    # Speed settings.  precision: "auto" (bf16 autocast where the device computes bf16 natively:
+    # CUDA, and CPUs with AVX512-BF16/AMX), "bf16" or "fp32"; losses always stay fp32.
+    precision: str = "auto"
+    channels_last: bool = True  # NHWC activations (CUDA, and CPU when computing in bf16)
+    cuda_graphs: bool = True  # replay each full-batch step as one CUDA graph (same numbers, no launch gaps)
+    teacher_stream: bool = True  # CUDA: teacher forward beside the student's, on a second stream (same numbers)
+    compile: bool = False  # CUDA only: torch.compile the networks (fuses BN/ReLU; ~45 s of compiling per job)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -148,6 +173,8 @@ class TrainConfig:
                 raise NoiseKDError(f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.batch_size < 1 or self.checkpoint_every < 1 or self.check_every < 1:
             raise NoiseKDError("train.batch_size, checkpoint_every and check_every must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise NoiseKDError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def lr_at(self, epoch: int) -> float:
         """MultiStepLR semantics, derived from the epoch so a resumed run needs no scheduler state."""
@@ -195,6 +222,15 @@ def load_model(path: str | Path, expected: WRNSpec | None = None, device: str | 
     return model.to(device)
 
 
+def inference_model(model: WideResNet) -> WideResNet:
+    """The fastest equivalent of a trained model for evaluation and attacks: BatchNorm folded and,
+    on CUDA, channels_last weights (inputs stay NCHW; cuDNN takes either)."""
+    folded = fold_batchnorm(model)
+    if next(folded.parameters()).device.type == "cuda":
+        folded = folded.to(memory_format=torch.channels_last)
+    return folded
+
+
 class TrainingInterrupted(Exception):
     """Raised after SIGTERM/SIGINT once a checkpoint has been saved; the caller exits non-zero."""
 
@@ -223,6 +259,24 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN then runs bf16 convolutions natively (else it emulates them, slowly)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" where the device computes it natively, else "fp32"."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,11 +320,13 @@ def fit(
     if student.spec.num_classes != num_classes:
         raise NoiseKDError(f"student has {student.spec.num_classes} outputs, data has {num_classes} classes")
 
-    on_cuda = device.type == "cuda"
-    memory_format = torch.channels_last if (on_cuda and config.channels_last) else torch.contiguous_format
+    precision = resolve_precision(config.precision, device)
+    channels_last = config.channels_last and (device.type == "cuda" or precision == "bf16")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     student = student.to(device, memory_format=memory_format)
     if teacher is not None:
-        teacher = teacher.to(device, memory_format=memory_format)
+        # The frozen teacher only ever runs in eval mode: an inference copy with BatchNorm folded.
+        teacher = fold_batchnorm(teacher.to(device, memory_format=memory_format))
         set_teacher_mode(teacher, fickle=method.fickle_teacher)
     data = train_data.to(device)
 
@@ -282,18 +338,18 @@ def fit(
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
-        **({"fused": True} if on_cuda else {}),
+        **({"fused": True} if device.type == "cuda" else {}),
     )
     sampler = DeviceSampler(data, config.batch_size, generator, augmentation)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if (on_cuda and config.amp) else contextlib.nullcontext()
-    )
 
     start_epoch, start_step, perm = 0, 0, None
+    # Running sums live on the device; the step never waits for the host.
     acc_loss = torch.zeros((), device=device, dtype=torch.float64)
     acc_correct = torch.zeros((), device=device, dtype=torch.int64)
+    bad_step = torch.full((), -1, device=device, dtype=torch.int64)
     history: list[dict] = []
-    identity = {"method": method.name, "params": asdict(params), "config": asdict(config), "spec": asdict(student.spec)}
+    run_config = {k: v for k, v in asdict(config).items() if k not in SPEED_ONLY}
+    identity = {"method": method.name, "params": asdict(params), "config": run_config, "spec": asdict(student.spec)}
 
     if checkpoint_path is not None:
         # A process killed inside atomic_path leaves its temporary file behind: never complete, drop it.
@@ -336,13 +392,56 @@ def fit(
             },
         )
 
+    # Compiled forwards are used inside this loop only; the returned model stays a plain module.
+    # A teacher with active dropout is left eager: its seeded dropout would break the compiled graph.
+    student_fn, teacher_fn = student, teacher
+    compiled = config.compile and device.type == "cuda"
+    if compiled:
+        student_fn = torch.compile(student, dynamic=False)
+        if teacher is not None and not (method.fickle_teacher and teacher.spec.dropout > 0):
+            teacher_fn = torch.compile(teacher, dynamic=False)
+
+    teacher_stream = (
+        torch.cuda.Stream(device=device) if device.type == "cuda" and teacher is not None and config.teacher_stream
+        else None
+    )
+
+    def autocast():
+        # No autocast weight cache: it would be stale inside a replayed graph (and buys nothing here).
+        if precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def train_step(images: torch.Tensor, labels: torch.Tensor, step) -> None:
+        """One optimisation step on an augmented uint8 batch; `step` (int or device tensor) is only
+        recorded if the loss turns non-finite.  Touches tensors only: safe to capture in a CUDA graph."""
+        x = to_float(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            loss, logits = distillation_loss(method, params, student_fn, teacher_fn, x, labels, num_classes, generator,
+                                             teacher_stream)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        detached = loss.detach()
+        bad_step.copy_(torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step))
+        acc_loss.add_(detached.double() * labels.shape[0])
+        acc_correct.add_((logits.detach().argmax(1) == labels).sum())
+
+    graphed = (
+        GraphedStep(lambda idx, step: train_step(*sampler.gather(idx), step), config.batch_size, generator)
+        if device.type == "cuda" and config.cuda_graphs
+        else None
+    )
+
     flag: dict = {}
     steps_per_epoch = len(sampler)
     n = len(data)
-    bad_step = torch.full((), -1, device=device, dtype=torch.int64)
     log(
         f"training {student.spec.name} with {method.name} on {n} images, {config.epochs} epochs, "
-        f"{steps_per_epoch} steps/epoch, device {device}, seed {config.seed}"
+        f"{steps_per_epoch} steps/epoch, device {device}, {precision}"
+        f"{', CUDA graphs' if graphed else ''}{', compiled' if compiled else ''}, seed {config.seed}"
     )
     with _stop_on_signals(flag):
         for epoch in range(start_epoch, config.epochs):
@@ -357,22 +456,14 @@ def fit(
             t0 = time.perf_counter()
             images_seen = 0
             for step in range(start_step, steps_per_epoch):
-                images, labels = sampler.batch(perm, step)
-                x = to_float(images)
-                if on_cuda and config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    loss, logits = distillation_loss(
-                        method, params, student, teacher, x, labels, num_classes, generator
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                detached = loss.detach()
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), step, bad_step)
-                acc_loss += detached.double() * len(labels)
-                acc_correct += (logits.detach().argmax(1) == labels).sum()
-                images_seen += len(labels)
+                idx = sampler.indices(perm, step)
+                if graphed is not None and graphed.ready(len(idx), lr):
+                    graphed.replay(idx, step)
+                else:
+                    train_step(*sampler.batch(perm, step), step)
+                    if graphed is not None:
+                        graphed.eager_steps += 1
+                images_seen += len(idx)
                 last = step == steps_per_epoch - 1
                 if (step + 1) % config.check_every == 0 or last or flag:
                     _raise_if_bad(bad_step, epoch)
@@ -408,9 +499,76 @@ def fit(
         "final_train_acc": history[-1]["train_acc"] if history else None,
         "history": history,
         "device": str(device),
+        "precision": precision,
+        "channels_last": channels_last,
+        "cuda_graphs": graphed.stats() if graphed is not None else None,
+        "compiled": compiled,
         "torch": torch.__version__,
     }
     return TrainResult(summary=summary, model=student)
+
+
+class GraphedStep:
+    """Replays a full-batch training step as one CUDA graph.
+
+    `body(idx, step)` is the eager step on the batch indices `idx`; it is captured once per learning
+    rate (the fused SGD kernel takes lr as a constant) after at least one eager step has created the
+    optimizer's momentum buffers.  Static inputs are copied in before each replay.  The run's generator
+    is registered with the graph, so every replay draws fresh crops, flips, noise and dropout masks and
+    advances the generator exactly as the eager step would: replayed and eager steps are interchangeable.
+    """
+
+    def __init__(self, body: Callable[[torch.Tensor, torch.Tensor], None], batch_size: int,
+                 generator: torch.Generator):
+        device = generator.device
+        self.body, self.batch_size, self.generator = body, batch_size, generator
+        self.idx = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.step = torch.zeros((), dtype=torch.int64, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.lr: float | None = None
+        self.eager_steps = 0
+        self.replays = 0
+        self.captures = 0
+        self.capture_moved_generator = False
+        self.capture_stream: torch.cuda.Stream | None = None
+
+    def ready(self, batch: int, lr: float) -> bool:
+        """Whether this step can be replayed (capturing first if the lr changed); the first step and
+        partial batches run eagerly."""
+        if batch != self.batch_size or self.eager_steps == 0:
+            return False
+        if self.graph is None or lr != self.lr:
+            self._capture(lr)
+        return True
+
+    def _capture(self, lr: float) -> None:
+        self.graph = None  # free the previous graph's memory pool first
+        graph = torch.cuda.CUDAGraph()
+        graph.register_generator_state(self.generator)
+        before = self.generator.get_state()
+        # Own capture stream and thread-local capture mode: runs in other threads (several runs
+        # sharing one GPU) may capture or compute at the same time.
+        if self.capture_stream is None:
+            self.capture_stream = torch.cuda.Stream(device=self.idx.device)
+        with torch.cuda.graph(graph, stream=self.capture_stream, capture_error_mode="thread_local"):
+            self.body(self.idx, self.step)
+        if not torch.equal(before, self.generator.get_state()):
+            # Capturing executes nothing, so it must not consume draws: the next replay starts where
+            # the last eager step left the generator.
+            self.generator.set_state(before)
+            self.capture_moved_generator = True
+        self.graph, self.lr = graph, lr
+        self.captures += 1
+
+    def replay(self, idx: torch.Tensor, step: int) -> None:
+        self.idx.copy_(idx)
+        self.step.fill_(step)
+        self.graph.replay()
+        self.replays += 1
+
+    def stats(self) -> dict:
+        return {"captures": self.captures, "replays": self.replays, "eager_steps": self.eager_steps,
+                "capture_moved_generator": self.capture_moved_generator}
 
 
 def _raise_if_bad(bad_step: torch.Tensor, epoch: int) -> None:

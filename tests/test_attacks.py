@@ -341,3 +341,19 @@ def test_cuda_matches_cpu(trained):
     assert r["worst_of_restarts"] <= r["min_over_runs"]
     with pytest.raises(ValueError):
         pgd(model_cuda, x.cuda(), y.cuda(), 0.04, 0.01, 2, generator=torch.Generator().manual_seed(0))
+
+
+def test_one_long_attack_gives_every_shorter_step_count_exactly(trained):
+    """PGD-T is a prefix of PGD-T' from the same start, so one run of max(steps) yields each T's result."""
+    model, x, y = trained
+    steps = [0, 1, 3, 8, 20]
+    curve = attacks.robust_accuracy_curve(model, x, y, 0.06, 0.006, steps, restarts=3,
+                                          generator=torch.Generator().manual_seed(5), batch_size=60)
+    for t, res in zip(steps, curve):
+        alone = robust_accuracy(model, x, y, 0.06, 0.006, t, restarts=3,
+                                generator=torch.Generator().manual_seed(5), batch_size=60)
+        assert res == alone
+    accs = [r["worst_of_restarts"] for r in curve]
+    assert accs == sorted(accs, reverse=True) and accs[0] > accs[-1]  # the attack strengthens with steps
+    with pytest.raises(ValueError, match="any-iterate"):
+        attacks.robust_accuracy_curve(model, x, y, 0.06, 0.006, [1, 2], early_stop=False)

@@ -88,3 +88,34 @@ def test_build_model_is_seeded_and_leaves_global_rng_alone():
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     c = build_model(WRNSpec(10, 1), 6)
     assert not torch.equal(a.stem.weight, c.stem.weight)
+
+
+def test_folded_batchnorm_computes_the_same_function_in_eval_mode():
+    model = wide_resnet(16, 2, dropout=0.3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        model.train()
+        for _ in range(3):
+            model(torch.rand(16, 3, 32, 32))
+    model.eval()
+    from noisekd.models import fold_batchnorm
+
+    folded = fold_batchnorm(model)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 6 + 1  # bn1 of each block, final bn
+    x = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        ref_logits, ref_feat = model(x, features=True)
+        logits, feat = folded(x, features=True)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+    for a, b in zip(feat.groups + (feat.last, feat.embedding), ref_feat.groups + (ref_feat.last, ref_feat.embedding)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert not model.training and all(m is not n for m, n in zip(model.parameters(), folded.parameters()))
+    with pytest.raises(RuntimeError, match="folded for inference"):
+        folded.train()
+    for d in folded.dropout_modules():  # Fickle Teacher: dropout can still be switched on
+        d.train(True)
+    with torch.no_grad():
+        assert not torch.equal(folded(x), logits)

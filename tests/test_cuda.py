@@ -1,0 +1,92 @@
+"""The CUDA fast paths (bf16 autocast, channels_last, fused SGD, CUDA graphs, compile): same method, same
+draws, same result as the eager step.  Skipped without a GPU (CI has none); run on a GPU machine with
+`pytest tests/test_cuda.py`."""
+
+import pytest
+import torch
+
+from noisekd.data import Augmentation, ImageData
+from noisekd.methods import MethodParams, get_method
+from noisekd.models import WRNSpec
+from noisekd.train import TrainConfig, build_model, fit
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _data(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = (labels.view(-1, 1, 1, 1) * 20 + torch.randint(0, 60, (n, 3, 16, 16), generator=g)).to(torch.uint8)
+    return ImageData(images, labels, tuple(str(i) for i in range(10)))
+
+
+# Every kind of draw: crops and flips, input noise (SR), label re-draws (MC), teacher dropout (FT),
+# teacher-logit noise (Noisy Teacher), plus the feature losses' paths (AT).
+CASES = [
+    ("ft", MethodParams(dropout=0.3)),
+    ("sr", MethodParams(sigma=0.1)),
+    ("mc", MethodParams(mc_rate=0.3)),
+    ("noisy_teacher", MethodParams(nt_sigma=0.5, nt_rate=0.5)),
+    ("at+hinton", MethodParams()),
+    ("rkd_da", MethodParams()),
+]
+
+
+def _fit(method, params, **overrides):
+    # 200 images at batch 32: 6 full steps (the first eager, then graph replays) and a partial one.
+    config = TrainConfig(epochs=3, milestones=(2,), batch_size=32, seed=3, **overrides)
+    teacher = build_model(WRNSpec(10, 1, dropout=params.dropout), 0)
+    student = build_model(WRNSpec(10, 1), 1)
+    result = fit(student, _data(), config, get_method(method), params, teacher=teacher,
+                 augmentation=Augmentation(crop_padding=2, hflip=True), device="cuda", log=lambda s: None)
+    return result
+
+
+@pytest.mark.parametrize("method,params", CASES, ids=[c[0] for c in CASES])
+def test_graph_replay_equals_the_eager_step(method, params):
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    graphed = _fit(method, params, cuda_graphs=True)
+    eager = _fit(method, params, cuda_graphs=False)
+    stats = graphed.summary["cuda_graphs"]
+    # one capture per learning rate (two here), every other full batch replayed
+    assert stats["captures"] == 2 and stats["replays"] == 3 * 6 - 1 and stats["eager_steps"] == 1 + 3
+    assert eager.summary["cuda_graphs"] is None
+    for a, b in zip(graphed.summary["history"], eager.summary["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+        assert a["train_acc"] == b["train_acc"]
+    sa, sb = graphed.model.state_dict(), eager.model.state_dict()
+    for k in sa:
+        torch.testing.assert_close(sa[k].float(), sb[k].float(), rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_bf16_and_fp32_train_the_same_network():
+    fast = _fit("hinton", MethodParams(), precision="bf16")
+    exact = _fit("hinton", MethodParams(), precision="fp32", channels_last=False, cuda_graphs=False)
+    assert fast.summary["precision"] == "bf16" and exact.summary["precision"] == "fp32"
+    # Same data, draws and schedule; bf16 rounding only: the losses agree to a few percent.
+    for a, b in zip(fast.summary["history"], exact.summary["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
+
+
+def test_same_seed_same_result_on_cuda():
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    a = _fit("sr", MethodParams(sigma=0.1))
+    b = _fit("sr", MethodParams(sigma=0.1))
+    assert a.summary["history"][-1]["loss"] == b.summary["history"][-1]["loss"]
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_compiled_step_trains():
+    compiled = _fit("hinton", MethodParams(), compile=True)
+    eager = _fit("hinton", MethodParams())
+    for a, b in zip(compiled.summary["history"], eager.summary["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
+
+
+@pytest.mark.parametrize("method,params", [CASES[0], CASES[3], CASES[4]], ids=["ft", "noisy_teacher", "at+hinton"])
+def test_teacher_on_a_side_stream_changes_no_number(method, params):
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    side = _fit(method, params, teacher_stream=True)
+    inline = _fit(method, params, teacher_stream=False)
+    assert [h["loss"] for h in side.summary["history"]] == [h["loss"] for h in inline.summary["history"]]
+    assert all(torch.equal(a, b) for a, b in zip(side.model.state_dict().values(), inline.model.state_dict().values()))
