@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
                 run = {**run_k(k, args.device, args.n, args.epochs, extra), "mode": "processes"}
             record["runs"].append(run)
             print(f"# {run}", flush=True)
-    for r in record["runs"]:  # against one run alone, measured the same way
-        single = next((b for b in record["runs"] if b["mode"] == r["mode"] and b["k"] == 1), record["runs"][0])
-        r["gain"] = round(r["aggregate_images_per_s"] / (single["aggregate_images_per_s"] / single["k"]), 3)
+    for r in record["runs"]:  # against one run alone, measured the same way (None without a k = 1 run)
+        single = next((b for b in record["runs"] if b["mode"] == r["mode"] and b["k"] == 1), None)
+        r["gain"] = round(r["aggregate_images_per_s"] / single["aggregate_images_per_s"], 3) if single else None
     return emit(record, args.out_dir or None)
 
 

@@ -2,18 +2,20 @@
 
     python -m benchmarks.cost --device cuda [--config config.yaml ...] [--from-records]
 
-Measures on this device (or, with ``--from-records``, reads the newest ``train_step`` and ``pgd``
-records for it under results/benchmarks/):
+Measures on this device (or, with ``--from-records``, reads the newest ``train_step``, ``pgd`` and
+``concurrency`` records for it under results/benchmarks/):
 - training images/s of the teacher (WRN-40-2), the student alone (WRN-16-2) and the KD step (both),
-  through `noisekd.train.fit`, as `benchmarks.train_step` does;
+  through `noisekd.train.fit`, as `benchmarks.train_step` does, and each one's first-epoch warm-up;
 - inference images/s of the student (clean, OOD and the 19 x 5 corruption sets are forwards);
 - PGD (sample x restart x step)/s of the student, every pair running all its steps (early stop off,
-  so the attack cost is an upper bound: on trained models fooled pairs drop out early).
-Then walks the config's plan (`noisekd.plan.Plan`: every teacher seed, every student cell and seed
-with its own schedule, every attack, Table 4's step counts sharing one longest attack) and prints one JSON line with GPU-hours per job family
-and in total.  Data sizes are the real datasets' (CIFAR-10 50 000 / 10 000, SVHN 73 257 / 26 032,
-CINIC-10 subset 21 000).  Nothing is run for the paper's datasets themselves: the rates are measured
-on synthetic 32x32 images of the same shape, which costs the same per image.
+  so the attack cost is an upper bound: on trained models fooled pairs drop out early);
+- (records only) the gain of runs side by side in threads, from `benchmarks.concurrency`.
+Then walks the config's plan as the workflow runs it (`noisekd.plan.Plan`): one job per teacher kind
+and per student cell training its seeds side by side, one warm-up per job, every student seed's
+evaluation and attacks, Table 4's step counts sharing one longest attack.  Prints one JSON line with
+GPU-hours per job family and in total.  Data sizes are the real datasets' (CIFAR-10 50 000 / 10 000,
+SVHN 73 257 / 26 032, CINIC-10 subset 21 000); the rates are measured on synthetic 32x32 images of
+the same shape, which cost the same per image.
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ def measure(device: torch.device, n: int, batch_size: int, settings: dict) -> di
     from benchmarks.train_step import inference_rate, synthetic_cifar, time_fit
 
     data = synthetic_cifar(n)
-    rates = {role: time_fit(data, role, device, batch_size, **settings)["images_per_s"]
-             for role in ("teacher", "student", "kd")}
-    rates["inference"] = inference_rate(data, device)
+    timed = {role: time_fit(data, role, device, batch_size, **settings) for role in ("teacher", "student", "kd")}
+    rates = _rates_of({**timed, "n": n, "inference_images_per_s": inference_rate(data, device)})
     rec = pgd_bench.main(["--device", str(device), "--n", str(min(n, 10_000 if device.type == "cuda" else 16)),
                           "--out-dir", ""])
     rates["pgd_row_steps"] = round(rec["images_per_s"] * rec["restarts"] * rec["steps"], 1)
@@ -50,58 +51,86 @@ def measure(device: torch.device, n: int, batch_size: int, settings: dict) -> di
 
 
 def from_records(device: torch.device, out_dir: Path) -> dict:
-    def newest(name, keys):
+    def newest(name, keys, where=lambda r: True):
         """The newest full-size record of benchmark `name` on this device that has all `keys`."""
         for path in sorted(out_dir.glob(f"{name}-{str(device).replace(':', '')}-*.json"), reverse=True):
             record = json.loads(path.read_text())
-            if not record.get("quick") and all(record.get(k) for k in keys):
+            if not record.get("quick") and all(record.get(k) for k in keys) and where(record):
                 return record
-        raise SystemExit(f"no full {name} record with {', '.join(keys) or 'figures'} for {device} under {out_dir}; "
-                         f"run benchmarks.{name} first")
+        return None
 
     ts = newest("train_step", ("teacher", "student", "kd", "inference_images_per_s"))
     pg = newest("pgd", ("inference_model",))  # the model as the pipeline attacks it
+    if ts is None or pg is None:
+        raise SystemExit(f"no full train_step and pgd records for {device} under {out_dir}; run them first")
+    rates = _rates_of(ts)
+    rates["pgd_row_steps"] = round(pg["images_per_s"] * pg["restarts"] * pg["steps"], 1)
+    used = [ts, pg]
+    # Seeds trained side by side: the largest measured group of runs in threads, compiled as configured.
+    conc = newest("concurrency", ("runs",), lambda r: r.get("compile") == ts.get("settings", {}).get("compile"))
+    if conc:
+        best = max((r for r in conc["runs"] if r["mode"] == "threads"), key=lambda r: r["k"], default=None)
+        if best and best["k"] > 1:
+            rates["side_by_side"] = {"k": best["k"], "gain": round(best["aggregate_images_per_s"] / rates["kd"], 3)}
+            used.append(conc)
+    rates["measured"] = [f"{r['benchmark']} {r['date']} on {r['device_name']}: {r['command']}" for r in used]
+    return rates
+
+
+def _rates_of(ts: dict) -> dict:
     rates = {role: ts[role]["images_per_s"] for role in ("teacher", "student", "kd")}
     rates["inference"] = ts["inference_images_per_s"]
-    rates["pgd_row_steps"] = round(pg["images_per_s"] * pg["restarts"] * pg["steps"], 1)
-    rates["measured"] = [f"{r['benchmark']} {r['date']} on {r['device_name']}: {r['command']}" for r in (ts, pg)]
+    # A job's first epoch also compiles and captures: its extra time over a steady epoch, per role.
+    rates["warmup_s"] = {role: round(max(0.0, ts[role]["first_epoch_s"] - ts["n"] / ts[role]["images_per_s"]), 1)
+                         for role in ("teacher", "student", "kd")}
     return rates
 
 
 def estimate(plan: Plan, rates: dict) -> dict:
-    """Seconds per job family for the whole plan, from the measured rates."""
+    """GPU seconds per job family for the whole plan, as the workflow runs it: one job per teacher
+    kind and per student cell, training its seeds side by side (throughput x `side_by_side.gain`,
+    the measured gain of the largest group measured, no more than the job's seeds), plus one
+    warm-up (compilation, graph capture) per job; evaluation and attacks per seed."""
     seconds = {"teachers": 0.0, "students": 0.0, "evaluation": 0.0, "attacks": 0.0}
     jobs = {k: 0 for k in seconds}
+    side = rates.get("side_by_side") or {"k": 1, "gain": 1.0}
+
+    def gain(seeds: int) -> float:
+        return side["gain"] if seeds >= side["k"] else 1.0
 
     def evaluated_images(dataset: str) -> int:  # clean test, OOD and every corruption set
         dc = plan.dataset_configs[dataset]
         _, test, ood = SIZES[dc["source"]]
         return test + (ood if dc.get("ood") else 0) + (CORRUPTION_SETS * test if dc.get("corruptions") else 0)
 
-    for dataset, _kind, seed in plan.teacher_runs():
+    for dataset, kinds in plan.teacher_kinds.items():
         train, test, _ = SIZES[plan.dataset_configs[dataset]["source"]]
-        seconds["teachers"] += plan.train_config(seed).epochs * train / rates["teacher"]
-        seconds["teachers"] += test / rates["inference"]  # selection accuracy
-        jobs["teachers"] += 1
-    for dataset, kinds in plan.teacher_kinds.items():  # the selected teacher of each kind is evaluated
-        seconds["evaluation"] += len(kinds) * evaluated_images(dataset) / rates["inference"]
-        jobs["evaluation"] += len(kinds)
-    for dataset, cell_name, seed in plan.student_runs():
-        cell = plan.cell(dataset, cell_name)
+        seeds = plan.teacher_seeds
+        for _kind in kinds:
+            epochs = sum(plan.train_config(s).epochs for s in seeds)
+            seconds["teachers"] += epochs * train / (rates["teacher"] * gain(len(seeds))) + rates["warmup_s"]["teacher"]
+            seconds["teachers"] += len(seeds) * test / rates["inference"]  # selection accuracy
+            seconds["evaluation"] += evaluated_images(dataset) / rates["inference"]  # the selected teacher
+            jobs["teachers"] += 1
+            jobs["evaluation"] += 1
+    for dataset in plan.datasets():
         train, test, _ = SIZES[plan.dataset_configs[dataset]["source"]]
-        rate = rates["kd"] if cell.teacher_kind else rates["student"]
-        seconds["students"] += plan.train_config(seed, cell).epochs * train / rate
-        seconds["evaluation"] += evaluated_images(dataset) / rates["inference"]
-        jobs["students"] += 1
-        jobs["evaluation"] += 1
-        longest: dict[tuple, int] = {}  # step counts of one (eps, step size, restarts) share one attack
-        for a in cell.attacks:
-            key = (a.eps, a.step_size, a.restarts)
-            longest[key] = max(longest.get(key, 0), a.steps)
-        for (_, _, restarts), steps in longest.items():
-            # every (sample, restart) row: `steps` forward+backward passes and one last forward
-            seconds["attacks"] += test * restarts * (steps + 1 / 3) / rates["pgd_row_steps"]
-        jobs["attacks"] += bool(cell.attacks)
+        seeds = plan.student_seeds
+        for cell in plan.cells(dataset).values():
+            role = "kd" if cell.teacher_kind else "student"
+            epochs = sum(plan.train_config(s, cell).epochs for s in seeds)
+            seconds["students"] += epochs * train / (rates[role] * gain(len(seeds))) + rates["warmup_s"][role]
+            jobs["students"] += 1
+            seconds["evaluation"] += len(seeds) * evaluated_images(dataset) / rates["inference"]
+            jobs["evaluation"] += len(seeds)
+            longest: dict[tuple, int] = {}  # step counts of one (eps, step size, restarts) share one attack
+            for a in cell.attacks:
+                key = (a.eps, a.step_size, a.restarts)
+                longest[key] = max(longest.get(key, 0), a.steps)
+            for (_, _, restarts), steps in longest.items():
+                # every (sample, restart) row: `steps` forward+backward passes and one last forward
+                seconds["attacks"] += len(seeds) * test * restarts * (steps + 1 / 3) / rates["pgd_row_steps"]
+            jobs["attacks"] += len(seeds) if cell.attacks else 0
     return {"seconds": seconds, "jobs": jobs}
 
 

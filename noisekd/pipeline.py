@@ -6,6 +6,7 @@ step can also be run and tested from Python without Snakemake.  Every output is 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -30,7 +31,7 @@ from .methods import MethodParams, get_method
 from .plan import Plan
 from .provenance import provenance
 from .train import (TrainConfig, TrainingInterrupted, build_model, fit, inference_model, load_model, resolve_device,
-                    save_model)
+                    run_side_by_side, save_model)
 
 log = logging.getLogger("noisekd")
 
@@ -150,35 +151,38 @@ def _normalisation(train: ImageData) -> tuple[list[float], list[float]]:
     return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
 
 
-def train_teacher(plan: Plan, dataset: str, kind: str, seed: int, inputs: dict, out: dict, threads: int) -> None:
+def train_teachers(plan: Plan, dataset: str, kind: str, seeds: list[int], inputs: dict, outs: list[dict],
+                   threads: int) -> None:
+    """Every seed of one teacher kind, side by side on one GPU (one after another on a CPU)."""
     torch.set_num_threads(threads)
-    train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels"))
+    device = resolve_device(plan.config.get("device"))
+    train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels")).to(device)
     mean, std = _normalisation(train)
     spec = plan.teacher_spec(dataset, kind, train.num_classes, mean, std)
-    model = build_model(spec, seed)
-    config = plan.train_config(seed)
     aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
-    device = resolve_device(plan.config.get("device"))
-    result = _fit(model, train, config, get_method("baseline"), MethodParams(), None, aug, out, device,
-                  run_info={"role": "teacher", "dataset": dataset, "kind": kind, "seed": seed,
-                            "label_corruption": train.meta.get("label_corruption")})
-    model = result.model
-    selection = {}
-    for split in ("val", "test"):
-        data = load_image_data(inputs[split])
-        if len(data):
-            selection[f"{split}_acc"] = accuracy(model, data.to(device))
-    _finish_run(result, model, out, extra=selection)
+    held_out = {split: load_image_data(inputs[split]).to(device) for split in ("val", "test")}
+
+    def run(seed: int, out: dict) -> None:
+        result = _fit(build_model(spec, seed), train, plan.train_config(seed), get_method("baseline"),
+                      MethodParams(), None, aug, out, device, seed, len(seeds),
+                      run_info={"role": "teacher", "dataset": dataset, "kind": kind, "seed": seed,
+                                "label_corruption": train.meta.get("label_corruption")})
+        selection = {f"{split}_acc": accuracy(result.model, data) for split, data in held_out.items() if len(data)}
+        _finish_run(result, out, extra=selection)
+
+    _train_side_by_side(run, seeds, outs, device)
 
 
-def train_student(plan: Plan, dataset: str, cell_name: str, seed: int, inputs: dict, out: dict, threads: int) -> None:
+def train_students(plan: Plan, dataset: str, cell_name: str, seeds: list[int], inputs: dict, outs: list[dict],
+                   threads: int) -> None:
+    """Every seed of one student cell, side by side on one GPU (one after another on a CPU)."""
     torch.set_num_threads(threads)
     cell = plan.cell(dataset, cell_name)
     method = get_method(cell.method)
     params = plan.method_params(cell)
-    train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels"))
-    mean, std = _normalisation(train)
     device = resolve_device(plan.config.get("device"))
+    train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels")).to(device)
+    mean, std = _normalisation(train)
     teacher, teacher_seed = None, None
     if method.teacher:
         best = json.loads(Path(inputs["best"]).read_text())
@@ -187,28 +191,51 @@ def train_student(plan: Plan, dataset: str, cell_name: str, seed: int, inputs: d
         teacher = load_model(path, device=device)
         if teacher.spec.dropout != params.dropout and method.fickle_teacher:
             raise NoiseKDError(f"teacher {path} has dropout {teacher.spec.dropout}, cell {cell_name} wants {params.dropout}")
-    model = build_model(plan.student_spec(train.num_classes, mean, std), seed)
+    spec = plan.student_spec(train.num_classes, mean, std)
     aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
-    result = _fit(model, train, plan.train_config(seed, cell), method, params, teacher, aug, out, device,
-                  run_info={"role": "student", "dataset": dataset, "cell": cell_name, "seed": seed,
-                            "teacher_seed": teacher_seed, "label_corruption": train.meta.get("label_corruption")})
-    _finish_run(result, result.model, out, extra={"teacher_seed": teacher_seed})
+
+    def run(seed: int, out: dict) -> None:
+        # fit trains an inference copy of the teacher, so the runs can share the loaded one
+        result = _fit(build_model(spec, seed), train, plan.train_config(seed, cell), method, params, teacher, aug,
+                      out, device, seed, len(seeds),
+                      run_info={"role": "student", "dataset": dataset, "cell": cell_name, "seed": seed,
+                                "teacher_seed": teacher_seed, "label_corruption": train.meta.get("label_corruption")})
+        _finish_run(result, out, extra={"teacher_seed": teacher_seed})
+
+    _train_side_by_side(run, seeds, outs, device)
 
 
-def _fit(model, train, config: TrainConfig, method, params, teacher, aug, out, device, run_info):
-    checkpoint = Path(out["model"]).with_name("checkpoint.pt")
+def _train_side_by_side(run, seeds: list[int], outs: list[dict], device) -> None:
+    """Run `run(seed, out)` for every seed with `run_side_by_side`; each run's checkpoint is kept
+    until all of them have finished, so a job that is retried resumes every seed where it stopped
+    (Snakemake removes all outputs of a failed job, finished seeds' included)."""
+    if len(seeds) != len(outs):
+        raise NoiseKDError(f"{len(seeds)} seeds but {len(outs)} output sets")
+    log.info(f"training seeds {seeds} {'side by side' if device.type == 'cuda' else 'one after another'} "
+             f"on {device}")
+    run_side_by_side([functools.partial(run, seed, out) for seed, out in zip(seeds, outs)], device)
+    for out in outs:
+        _checkpoint(out).unlink(missing_ok=True)  # every final model supersedes its checkpoint
+
+
+def _checkpoint(out: dict) -> Path:
+    return Path(out["model"]).with_name("checkpoint.pt")
+
+
+def _fit(model, train, config: TrainConfig, method, params, teacher, aug, out, device, seed, runs, run_info):
+    checkpoint = _checkpoint(out)
+    say = log.info if runs == 1 else (lambda line: log.info(f"[seed {seed}] {line}"))
     try:
         return fit(model, train, config, method, params, teacher=teacher, augmentation=aug,
-                   checkpoint_path=checkpoint, device=device, log=log.info, run_info=run_info)
+                   checkpoint_path=checkpoint, device=device, log=say, run_info=run_info)
     except TrainingInterrupted as exc:
         raise NoiseKDError(f"{exc}; checkpoint {checkpoint} kept, a rerun resumes from it") from None
 
 
-def _finish_run(result, model, out: dict, extra: dict) -> None:
+def _finish_run(result, out: dict, extra: dict) -> None:
     summary = {**result.summary, **extra}
     write_json_atomic(out["summary"], summary)
-    save_model(out["model"], model, summary=json.dumps(summary, default=str))
-    Path(out["model"]).with_name("checkpoint.pt").unlink(missing_ok=True)  # the final model supersedes it
+    save_model(out["model"], result.model, summary=json.dumps(summary, default=str))
     log.info("final summary: " + json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
 
 
@@ -315,7 +342,7 @@ def aggregate(paths: list[str], out_path: str, manifest_path: str, config: dict)
 
     import pandas as pd
 
-    from .provenance import config_hash, git_commit, package_versions
+    from .provenance import git_commit, package_versions, settings_hash
 
     frames = [pd.read_parquet(p) for p in paths]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -325,7 +352,7 @@ def aggregate(paths: list[str], out_path: str, manifest_path: str, config: dict)
               "git_commit": sorted(set(f["git_commit"].dropna())) if "git_commit" in f else []}
              for p, f in zip(paths, frames)]
     write_json_atomic(manifest_path, {
-        "config_hash": config_hash(config), "config": config, "git_commit": git_commit(),
+        "config_hash": settings_hash(config), "config": config, "git_commit": git_commit(),
         "versions": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "metrics": {"path": out_path, "rows": len(frame)}, "files": files,
     })

@@ -54,9 +54,19 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu:{platform.processor() or platform.machine()}"
 
 
+# Where a config writes and reads, not what it computes: left out of the hash, so the same
+# experiment run into another folder carries the same config hash.
+LOCATION_KEYS = ("results_dir", "data_dir")
+
+
+def settings_hash(config: dict | None) -> str:
+    """The hash that result rows and the manifest carry: the config without its locations."""
+    return config_hash({k: v for k, v in (config or {}).items() if k not in LOCATION_KEYS})
+
+
 def provenance(config: dict | None, device: torch.device | str) -> dict:
     return {
-        "config_hash": config_hash(config or {}),
+        "config_hash": settings_hash(config),
         "git_commit": git_commit(),
         "versions": json.dumps(package_versions(), sort_keys=True),
         "device": device_name(device),

@@ -15,7 +15,8 @@ ENV = "../envs/noisekd.yaml"
 GPU = config["resources"]["gpu"]
 THREADS = config["resources"].get("threads", 1)
 TEACHER = f"{R}/teachers/{{dataset}}/{{kind}}"
-STUDENT = f"{R}/students/{{dataset}}/{{cell}}/seed{{seed}}"
+CELL = f"{R}/students/{{dataset}}/{{cell}}"
+STUDENT = f"{CELL}/seed{{seed}}"
 DATA = f"{R}/data/{{dataset}}"
 
 

@@ -1,17 +1,18 @@
 # Teachers: every kind (plain, dropout p for Fickle Teacher, corrupted labels for Messy
-# Collaboration) for every teacher seed, then the best seed per kind and its evaluation.
+# Collaboration), its seeds trained in one job (side by side on its GPU), then the best seed per
+# kind and its evaluation.
 
 
-rule train_teacher:
+rule train_teachers:
     input:
         unpack(teacher_inputs),
     output:
-        model=f"{TEACHER}/seed{{seed}}/model.pt",
-        summary=f"{TEACHER}/seed{{seed}}/summary.json",
+        models=[f"{TEACHER}/seed{s}/model.pt" for s in PLAN.teacher_seeds],
+        summaries=[f"{TEACHER}/seed{s}/summary.json" for s in PLAN.teacher_seeds],
     log:
-        f"{R}/logs/train_teacher/{{dataset}}_{{kind}}_seed{{seed}}.log",
+        f"{R}/logs/train_teachers/{{dataset}}_{{kind}}.log",
     benchmark:
-        f"{R}/benchmarks/train_teacher/{{dataset}}_{{kind}}_seed{{seed}}.tsv"
+        f"{R}/benchmarks/train_teachers/{{dataset}}_{{kind}}.tsv"
     conda:
         ENV
     threads: THREADS
@@ -20,7 +21,7 @@ rule train_teacher:
         runtime=config["resources"].get("train_runtime_min", 720),
         mem_mb=config["resources"].get("train_mem_mb", 16000),
     script:
-        "../workflow_scripts/train_teacher.py"
+        "../workflow_scripts/train_teachers.py"
 
 
 rule select_teacher:

@@ -104,3 +104,28 @@ def test_snakemake_report_bundles_tables_and_figures(local_run, tmp_path):
 
     names = zipfile.ZipFile(out).namelist()
     assert any(n.endswith("table1.md") for n in names) and any(n.endswith("figure2.png") for n in names)
+
+
+@pytest.mark.slow
+def test_a_second_run_reproduces_the_same_rows(local_run, tmp_path):
+    """Same config and seeds, a fresh results folder: one attacked student's evaluation and attack rows
+    (every column, provenance included) equal the first run's, and so do its weights."""
+    from noisekd.config import load_config
+    from noisekd.plan import Plan
+
+    plan = Plan(load_config("config.yaml", "presets/ci.yaml"))
+    dataset, cell, seed = plan.attacked_runs()[0]
+    run = f"students/{dataset}/{cell}/seed{seed}"
+    again = tmp_path / "again"
+    (tmp_path / "again.yaml").write_text(f"results_dir: {again}\n")
+    snakemake(f"{again}/{run}/eval.parquet", f"{again}/{run}/attack.parquet", "--cores", "2",
+              "--configfile", "presets/ci.yaml", str(tmp_path / "again.yaml"), timeout=900)
+    for name in ("eval.parquet", "attack.parquet"):
+        first, second = pd.read_parquet(local_run / run / name), pd.read_parquet(again / run / name)
+        assert len(first) > 0
+        pd.testing.assert_frame_equal(first, second)
+    import torch
+
+    a = torch.load(local_run / run / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(again / run / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

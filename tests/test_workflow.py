@@ -39,14 +39,14 @@ def dry_run(*args, **kw):
 def test_paper_dag_job_counts_follow_the_protocol():
     counts = dry_run("all_tables")
     # Hand count from config.yaml.  Teacher kinds per dataset: plain, 5 dropout rates (FT-0.1..0.5),
-    # 5 label-corruption rates (0.1..0.5) = 11 kinds x 5 seeds x 2 datasets.
-    assert counts["train_teacher"] == 11 * 5 * 2
-    assert counts["select_teacher"] == counts["evaluate_teacher"] == 11 * 2
+    # 5 label-corruption rates (0.1..0.5) = 11 kinds x 2 datasets, each one job training its 5 seeds.
+    assert counts["train_teachers"] == counts["select_teacher"] == counts["evaluate_teacher"] == 11 * 2
     # Student cells.  CIFAR-10: Table 1 (7 methods + 5 FT) + Table 2 (5 +H, 5 +FT) + GA/SR x 10 sigma
     # + MC (5 rates at corruption 0; baseline, Hinton, 5 rates at each of 5 corruptions)
     # + related (feature mimicry x 2 sigma, Noisy Teacher L2/KL) = 12 + 10 + 20 + 40 + 4 = 86.
-    # SVHN: 12 + 20 + 40 = 72.  Five student seeds each.
-    assert counts["train_student"] == counts["evaluate_student"] == (86 + 72) * 5
+    # SVHN: 12 + 20 + 40 = 72.  One training job per cell for its five seeds, evaluated seed by seed.
+    assert counts["train_students"] == 86 + 72
+    assert counts["evaluate_student"] == (86 + 72) * 5
     # Attacks: GA/SR cells (20 per dataset) and the 4 related noisy cells of CIFAR-10, 5 seeds.
     assert counts["attack_student"] == (20 + 20 + 4) * 5
     assert counts["corrupt_labels"] == 5 * 2
@@ -57,7 +57,7 @@ def test_paper_dag_job_counts_follow_the_protocol():
 
 def test_paper_dag_dry_runs_with_the_slurm_profile():
     counts = dry_run("--profile", "slurm", "all_tables")
-    assert counts["train_student"] == 790 and counts["train_teacher"] == 110
+    assert counts["train_students"] == 158 and counts["train_teachers"] == 22 and counts["evaluate_student"] == 790
 
 
 def test_plan_agrees_with_the_dag():
@@ -86,7 +86,7 @@ def test_each_table_and_figure_builds_only_what_it_needs(target):
 def test_demo_dag_covers_every_table_and_figure():
     counts = dry_run("all_tables", "--configfile", "presets/demo.yaml")
     assert counts["table"] == 9 and counts["figure"] == 4
-    assert counts["train_teacher"] == 4 * 5  # plain, p0.1, p0.3, lc0.3 x 5 teacher seeds
+    assert counts["train_teachers"] == 4  # plain, p0.1, p0.3, lc0.3, each for its 5 teacher seeds
 
 
 def test_lint_is_clean():
@@ -150,4 +150,4 @@ def test_conda_env_pins_agree_with_pyproject():
 
 def test_rulegraph_renders():
     proc = snakemake("--rulegraph", "mermaid-js", "all_tables", "--configfile", "presets/demo.yaml")
-    assert "train_student" in proc.stdout and "train_teacher" in proc.stdout
+    assert "train_students" in proc.stdout and "train_teachers" in proc.stdout

@@ -1,0 +1,87 @@
+"""One training job per teacher kind / student cell: its seeds are trained together (side by side on a
+GPU, one after another on a CPU).  A seed's result must not depend on the others it was trained with,
+and a job stopped by SIGTERM must resume every seed on its retry."""
+
+import json
+import signal
+
+import pytest
+import torch
+
+import noisekd.data
+from noisekd.config import load_config
+from noisekd.io import NoiseKDError
+from noisekd.pipeline import prepare_dataset, train_students, train_teachers, select_teacher
+from noisekd.plan import Plan
+
+from test_workflow import ROOT
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pack")
+    config = load_config(ROOT / "config.yaml", ROOT / "presets" / "ci.yaml")
+    config["results_dir"] = str(tmp / "results")
+    plan = Plan(config)
+    data = {split: str(tmp / f"{split}.npz") for split in ("train", "val", "test")}
+    prepare_dataset(plan.dataset_configs["digits"], str(tmp / "raw"), config["teacher_selection"], data)
+    return plan, data
+
+
+def _outs(root, seeds):
+    return [{"model": str(root / f"seed{s}" / "model.pt"), "summary": str(root / f"seed{s}" / "summary.json")}
+            for s in seeds]
+
+
+def _state(out):
+    return torch.load(out["model"], weights_only=True)["state_dict"]
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _history(out):
+    return [{k: v for k, v in h.items() if k != "images_per_s"} for h in json.load(open(out["summary"]))["history"]]
+
+
+def test_a_seed_trained_with_others_equals_the_seed_trained_alone(setup, tmp_path):
+    plan, data = setup
+    together, alone = _outs(tmp_path / "together", [0, 1]), _outs(tmp_path / "alone", [1])
+    train_teachers(plan, "digits", "plain", [0, 1], data, together, threads=1)
+    train_teachers(plan, "digits", "plain", [1], data, alone, threads=1)
+    assert _same(_state(together[1]), _state(alone[0]))
+    assert _history(together[1]) == _history(alone[0])
+    assert not _same(_state(together[0]), _state(together[1]))  # the seeds differ
+    assert not list(tmp_path.rglob("checkpoint.pt")), "final models supersede their checkpoints"
+
+
+def test_sigterm_stops_the_job_and_its_retry_resumes_every_seed(setup, tmp_path, monkeypatch):
+    plan, data = setup
+    teachers = _outs(tmp_path / "teachers", [0, 1])
+    train_teachers(plan, "digits", "plain", [0, 1], data, teachers, threads=1)
+    best = tmp_path / "best.json"
+    select_teacher([t["summary"] for t in teachers], "test", str(best))
+    inputs = {"train": data["train"], "best": str(best), "teachers": [t["model"] for t in teachers]}
+    cell = "hinton"
+    reference = _outs(tmp_path / "reference", [0, 1])
+    train_students(plan, "digits", cell, [0, 1], inputs, reference, threads=1)
+
+    original, calls = noisekd.data.DeviceSampler.batch, {"n": 0}
+
+    def batch_then_sigterm(self, perm, step):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            signal.raise_signal(signal.SIGTERM)  # SLURM's time limit, during the first seed's first epoch
+        return original(self, perm, step)
+
+    resumed = _outs(tmp_path / "resumed", [0, 1])
+    monkeypatch.setattr(noisekd.data.DeviceSampler, "batch", batch_then_sigterm)
+    with pytest.raises(NoiseKDError, match="interrupted by signal"):
+        train_students(plan, "digits", cell, [0, 1], inputs, resumed, threads=1)
+    monkeypatch.setattr(noisekd.data.DeviceSampler, "batch", original)
+    assert (tmp_path / "resumed" / "seed0" / "checkpoint.pt").exists()
+    assert not (tmp_path / "resumed" / "seed1" / "model.pt").exists()  # stopped before the second seed
+    train_students(plan, "digits", cell, [0, 1], inputs, resumed, threads=1)
+    for a, b in zip(reference, resumed):
+        assert _same(_state(a), _state(b))
