@@ -541,9 +541,10 @@ def run_side_by_side(tasks: list[Callable[[], None]], device: torch.device) -> N
 
     def work(i: int) -> None:
         try:
-            with torch.cuda.stream(torch.cuda.Stream(device=device)):
+            stream = torch.cuda.Stream(device=device)
+            with torch.cuda.stream(stream):
                 tasks[i]()
-            torch.cuda.current_stream(device).synchronize()
+            stream.synchronize()
         except BaseException as exc:  # re-raised in the calling thread below
             errors[i] = exc
 

@@ -90,3 +90,21 @@ def test_teacher_on_a_side_stream_changes_no_number(method, params):
     inline = _fit(method, params, teacher_stream=False)
     assert [h["loss"] for h in side.summary["history"]] == [h["loss"] for h in inline.summary["history"]]
     assert all(torch.equal(a, b) for a, b in zip(side.model.state_dict().values(), inline.model.state_dict().values()))
+
+
+def test_runs_side_by_side_equal_runs_alone():
+    """Seeds of one job train in threads on their own streams; each ends as it would alone."""
+    from noisekd.train import run_side_by_side
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    results = {}
+
+    def task(name, method, params):
+        return lambda: results.__setitem__(name, _fit(method, params))
+
+    run_side_by_side([task("sr", *CASES[1]), task("ft", *CASES[0])], torch.device("cuda"))
+    for name, (method, params) in (("sr", CASES[1]), ("ft", CASES[0])):
+        alone = _fit(method, params)
+        assert [h["loss"] for h in results[name].summary["history"]] == [h["loss"] for h in alone.summary["history"]]
+        assert all(torch.equal(a, b) for a, b in zip(results[name].model.state_dict().values(),
+                                                      alone.model.state_dict().values()))

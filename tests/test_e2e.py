@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,10 +27,21 @@ def _preset(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def _run_ci_preset(tmp_path: Path, name: str, *extra: str, timeout: int = 900):
+def _run_ci_preset(tmp_path: Path, name: str, *extra: str, timeout: int = 900, env=None):
     override = _preset(tmp_path, name)
-    proc = snakemake("all_tables", *extra, "--configfile", "presets/ci.yaml", str(override), timeout=timeout)
+    proc = snakemake("all_tables", *extra, "--configfile", "presets/ci.yaml", str(override), timeout=timeout,
+                     env=env)
     return tmp_path / name, proc
+
+
+def _counting_squeue(tmp_path: Path) -> tuple[dict, Path]:
+    """A PATH entry whose `squeue` logs each call (time and arguments) and runs the real one."""
+    real, bin_dir, log = shutil.which("squeue"), tmp_path / "bin", tmp_path / "squeue.log"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "squeue"
+    wrapper.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $*" >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
 
 
 def _check_outputs(results: Path):
@@ -81,8 +93,19 @@ def test_ci_preset_through_slurm_matches_the_local_run(local_run, tmp_path):
             pytest.fail(f"CI=true but {reason}")
         pytest.skip(reason)
     logs_before = set((ROOT / ".snakemake" / "slurm_logs").rglob("*.log"))
-    results, proc = _run_ci_preset(tmp_path, "slurm", "--profile", "slurm", "--jobs", "4", timeout=1500)
+    env, squeue_log = _counting_squeue(tmp_path)
+    t0 = time.time()
+    results, proc = _run_ci_preset(tmp_path, "slurm", "--profile", "slurm", "--jobs", "4", timeout=1500, env=env)
+    wall = time.time() - t0
     _check_outputs(results)
+    # Status checks stay gentle on slurmctld: one squeue per round for all of the run's jobs (by the
+    # run's name), rounds at least the profile's 10 s apart (backing off while nothing finishes).
+    polls = [line.split() for line in squeue_log.read_text().splitlines() if "--states=all" in line]
+    assert polls and all("--name" in p for p in polls), polls[:3]
+    stamps = sorted(float(p[0]) for p in polls)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    print(f"{len(polls)} squeue status polls in {wall:.0f}s; smallest gap {min(gaps, default=0):.1f}s")
+    assert len(polls) <= wall / 10 + 2 and min(gaps, default=10) >= 9.0, (len(polls), wall, gaps[:10])
     output = proc.stdout + proc.stderr
     job_ids = set(re.findall(r"submitted with SLURM jobid (\d+)", output))
     assert len(job_ids) >= 20, output[-3000:]  # every training/evaluation/attack job went through sbatch

@@ -18,8 +18,8 @@ BIN = Path(sys.executable).parent
 SNAKEMAKE = str(BIN / "snakemake")
 
 
-def snakemake(*args, cwd=ROOT, timeout=300, check=True):
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+def snakemake(*args, cwd=ROOT, timeout=300, check=True, env=None):
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
     proc = subprocess.run([SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
