@@ -84,6 +84,7 @@ def _slurm_reachable() -> str | None:
     return None
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_ci_preset_through_slurm_matches_the_local_run(local_run, tmp_path):
@@ -129,6 +130,7 @@ def test_snakemake_report_bundles_tables_and_figures(local_run, tmp_path):
     assert any(n.endswith("table1.md") for n in names) and any(n.endswith("figure2.png") for n in names)
 
 
+@pytest.mark.reliability
 @pytest.mark.slow
 def test_a_second_run_reproduces_the_same_rows(local_run, tmp_path):
     """Same config and seeds, a fresh results folder: one attacked student's evaluation and attack rows

@@ -56,6 +56,7 @@ def test_a_seed_trained_with_others_equals_the_seed_trained_alone(setup, tmp_pat
     assert not list(tmp_path.rglob("checkpoint.pt")), "final models supersede their checkpoints"
 
 
+@pytest.mark.reliability
 def test_sigterm_stops_the_job_and_its_retry_resumes_every_seed(setup, tmp_path, monkeypatch):
     plan, data = setup
     teachers = _outs(tmp_path / "teachers", [0, 1])

@@ -71,6 +71,7 @@ def test_download_file_url_verifies_md5(tmp_path):
     no_leftovers(dest.parent, {"copy.bin"})
 
 
+@pytest.mark.reliability
 def test_download_wrong_md5_removes_partial_file(tmp_path):
     src = tmp_path / "payload.bin"
     src.write_bytes(b"x" * 5000)
@@ -149,6 +150,7 @@ def test_safe_extract_tar_ok(tmp_path):
         ("evil-fifo", {"type": tarfile.FIFOTYPE}),
     ],
 )
+@pytest.mark.reliability
 def test_safe_extract_tar_refuses(tmp_path, bad, fields):
     data = b"" if fields else b"pwned"
     # A good member first: the refusal must still leave nothing behind.
@@ -165,6 +167,7 @@ def test_safe_extract_tar_refuses(tmp_path, bad, fields):
     assert not Path("/tmp/noisekd-absolute-escape.txt").exists()
 
 
+@pytest.mark.reliability
 def test_safe_extract_truncated_archive(tmp_path):
     archive = make_tar(tmp_path / "t.tar.gz", [("a.bin", bytes(range(256)) * 400, {})], "w:gz")
     archive.write_bytes(archive.read_bytes()[:200])
@@ -267,6 +270,7 @@ def test_cifar10_missing_files(tmp_path):
         load_cifar10(tmp_path, "valid")
 
 
+@pytest.mark.reliability
 def test_cifar10_truncated_pickle(tmp_path):
     write_cifar(tmp_path)
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
@@ -275,6 +279,7 @@ def test_cifar10_truncated_pickle(tmp_path):
         load_cifar10(tmp_path, "test", verify=False)
 
 
+@pytest.mark.reliability
 def test_cifar10_refuses_code_in_pickle(tmp_path):
     write_cifar(tmp_path)
 
@@ -328,6 +333,7 @@ def test_svhn_parse_and_zero_label(tmp_path):
         assert int(data.images[n, c, h, w]) == int(x[h, w, c, n])
 
 
+@pytest.mark.reliability
 def test_svhn_truncated_and_missing(tmp_path):
     write_svhn(tmp_path, "train")
     path = tmp_path / "train_32x32.mat"
@@ -441,6 +447,7 @@ def test_cinic_seeded_subset(tmp_path):
     assert stored.meta == a.meta and torch.equal(stored.images, a.images) and stored.classes == a.classes
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
 def test_cinic_unreadable_png(tmp_path, kind):
     write_cinic(tmp_path / "CINIC-10", splits=("test",))

@@ -60,6 +60,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.reliability
 def test_resume_after_a_kill_between_epochs_is_bit_identical(tmp_path):
     reference = _state(_run())
     ckpt = tmp_path / "ckpt.pt"
@@ -77,6 +78,7 @@ def test_resume_after_a_kill_between_epochs_is_bit_identical(tmp_path):
     assert _equal(_state(resumed), reference)
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("kill_at_batch", [1, 4, 8])
 def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path, monkeypatch, kill_at_batch):
     reference = _state(_run())
@@ -99,6 +101,7 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_pa
     assert _equal(_state(_run(ckpt=ckpt)), reference)
 
 
+@pytest.mark.reliability
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     _run(ckpt=ckpt)
@@ -106,6 +109,7 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         _run(ckpt=ckpt, params=MethodParams(dropout=0.3))
 
 
+@pytest.mark.reliability
 def test_non_finite_loss_stops_with_epoch_and_step():
     cfg = TrainConfig(epochs=3, milestones=(), lr=1e12, batch_size=32, seed=0, check_every=1)
     with pytest.raises(NoiseKDError, match=r"non-finite loss at epoch \d+, step \d+"):
@@ -121,6 +125,7 @@ def test_progress_line_per_epoch():
         assert key in epoch_lines[0]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("bad,match", [
     (dict(epochs=10, milestones=(5, 12)), "beyond the last epoch"),
     (dict(epochs=0), "epochs"),
@@ -132,6 +137,7 @@ def test_bad_train_config_is_refused(bad, match):
         TrainConfig(**bad)
 
 
+@pytest.mark.reliability
 def test_model_files_load_weights_only_and_refuse_other_architectures(tmp_path):
     model = build_model(WRNSpec(16, 2), 0)
     path = tmp_path / "model.pt"
@@ -151,6 +157,7 @@ class _Evil:
         return (time.sleep, (0,))
 
 
+@pytest.mark.reliability
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"spec": {}, "state_dict": {}, "payload": _Evil()}, path)

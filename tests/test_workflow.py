@@ -115,6 +115,7 @@ BAD_CONFIGS = [
 ]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("override,key", BAD_CONFIGS)
 def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, override, key):
     path = tmp_path / "bad.yaml"
@@ -125,6 +126,7 @@ def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, override, key):
     assert key in message, message[-2000:]
 
 
+@pytest.mark.reliability
 def test_missing_key_is_named():
     config = load_config(ROOT / "config.yaml")
     del config["train"]["epochs"]
@@ -132,6 +134,7 @@ def test_missing_key_is_named():
         check_config(config)
 
 
+@pytest.mark.reliability
 def test_feature_mimicry_with_mismatched_widths_is_refused_at_parse_time():
     config = load_config(ROOT / "config.yaml", ROOT / "presets" / "demo.yaml")
     config["teacher"]["width"] = 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 JOB = Path(__file__).with_name("train_job.py")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
 
 def _start(tmp_path, *extra):

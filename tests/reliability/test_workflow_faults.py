@@ -11,7 +11,7 @@ import pytest
 
 from test_workflow import ROOT, SNAKEMAKE, snakemake
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 TARGET = "table_s2_s3"  # Messy Collaboration: teachers on corrupted labels, students, evaluation
 
 
