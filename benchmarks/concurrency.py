@@ -13,7 +13,6 @@ processes are time-sliced, so only the launch gaps of each process can be filled
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
@@ -40,34 +39,26 @@ def run_k(k: int, device: str, n: int, epochs: int, extra: list[str]) -> dict:
             "wall_s": round(wall, 2)}
 
 
-def run_k_threads(k: int, device: str, n: int, epochs: int) -> dict:
-    """k runs in one process, each in its own thread on its own CUDA stream (kernels of different
-    streams of one process can run at the same time, unlike those of different processes)."""
-    import threading
-
+def run_k_threads(k: int, device: str, n: int, epochs: int, settings: dict) -> dict:
+    """k runs in one process through `noisekd.train.run_side_by_side`, as the workflow trains the
+    seeds of a job: each in its own thread on its own CUDA stream (kernels of different streams of one
+    process can run at the same time, unlike those of different processes; on a CPU, one after another)."""
     from benchmarks.train_step import synthetic_cifar, time_fit
+    from noisekd.train import run_side_by_side
 
+    if not device.startswith("cuda"):  # one after another there: the sum of their rates would mean nothing
+        raise SystemExit("--mode threads needs a CUDA device (on a CPU, run_side_by_side runs one after another)")
     data = synthetic_cifar(n)
     results: list = [None] * k
 
-    def worker(i: int) -> None:
-        try:
-            stream = torch.cuda.stream(torch.cuda.Stream()) if device.startswith("cuda") else contextlib.nullcontext()
-            with stream:
-                results[i] = time_fit(data, "kd", torch.device(device), 128, epochs)["images_per_s"]
-        except Exception as exc:  # reported, not swallowed
-            results[i] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    def task(i: int):
+        def run() -> None:
+            results[i] = time_fit(data, "kd", torch.device(device), 128, epochs, **settings)["images_per_s"]
+        return run
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(k)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_side_by_side([task(i) for i in range(k)], torch.device(device))
     wall = time.perf_counter() - t0
-    errors = [r for r in results if isinstance(r, str)]
-    if errors:
-        raise RuntimeError(errors[0])
     return {"k": k, "mode": "threads", "per_run_images_per_s": results,
             "aggregate_images_per_s": round(sum(results), 1), "wall_s": round(wall, 2)}
 
@@ -83,16 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
     args, extra = parser.parse_known_args(argv)
     if args.compile:
-        from benchmarks import train_step
-
-        train_step.DEFAULTS["compile"] = True
         extra = [*extra, "--compile"]
     record = {"benchmark": "concurrency", **context(torch.device(args.device)), "n": args.n, "epochs": args.epochs,
               "compile": args.compile, "extra_args": extra, "runs": []}
     for mode in args.mode.split(","):
         for k in (int(v) for v in args.k.split(",")):
             if mode == "threads":
-                run = run_k_threads(k, args.device, args.n, args.epochs)
+                run = run_k_threads(k, args.device, args.n, args.epochs, {"compile": args.compile})
             else:
                 run = {**run_k(k, args.device, args.n, args.epochs, extra), "mode": "processes"}
             record["runs"].append(run)

@@ -25,6 +25,7 @@ import torch
 
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit, sync
 from noisekd.attacks import PAPER_EPS, PAPER_RESTARTS, PAPER_STEP_SIZE, robust_accuracy
+from noisekd.evaluate import ATTACK_BATCH_SIZE
 from noisekd.models import wide_resnet
 from noisekd.train import inference_model
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     n = args.n if args.n is not None else (8 if args.quick else 64)
-    batch_size = args.batch_size if args.batch_size is not None else (5000 if device.type == "cuda" else 160)
+    batch_size = args.batch_size if args.batch_size is not None else (ATTACK_BATCH_SIZE if device.type == "cuda" else 160)
 
     torch.manual_seed(args.seed)
     model = wide_resnet(16, 2).to(device).eval()

@@ -40,7 +40,6 @@ from noisekd.methods import MethodParams, get_method
 from noisekd.models import WRNSpec
 from noisekd.train import TrainConfig, build_model, fit, resolve_precision
 
-DEFAULTS: dict = {}  # TrainConfig settings of every timed fit (--compile adds compile=True)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 EPOCH_IMAGES = 50_000  # one CIFAR-10 training epoch
@@ -65,7 +64,6 @@ def _spec(depth_width, dropout=0.0, normalise=True) -> WRNSpec:
 def time_fit(data: ImageData, role: str, device: torch.device, batch_size: int, epochs: int = 2,
              **overrides) -> dict:
     """images/s of `fit` for one role (teacher, student or kd) over the epochs after the first."""
-    overrides = {**DEFAULTS, **overrides}
     config = TrainConfig(epochs=epochs, milestones=(), batch_size=batch_size, seed=0, **overrides)
     method = get_method("hinton" if role == "kd" else "baseline")
     teacher = build_model(_spec(TEACHER), 1) if role == "kd" else None
@@ -232,15 +230,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    DEFAULTS["compile"] = args.compile
+    settings = {"compile": args.compile}  # TrainConfig settings of every timed fit
     device = torch.device(args.device)
     n = args.n or (256 if args.quick else EPOCH_IMAGES if device.type == "cuda" else 1024)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     data = synthetic_cifar(n)
     record = {"benchmark": "train_step", **context(device), "n": n, "batch_size": args.batch_size,
-              "quick": args.quick, "teacher": "WRN-40-2", "student": "WRN-16-2", "settings": dict(DEFAULTS)}
+              "quick": args.quick, "teacher": "WRN-40-2", "student": "WRN-16-2", "settings": settings}
     for role in args.roles.split(","):
-        record[role] = time_fit(data, role, device, args.batch_size, args.epochs)
+        record[role] = time_fit(data, role, device, args.batch_size, args.epochs, **settings)
         print(f"# {role}: {record[role]}", flush=True)
     if not args.no_reference:
         record["reference_kd"] = reference_kd(data, device, args.batch_size, workers)
@@ -254,7 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
             overrides, autotune = ABLATIONS[name]
             torch.backends.cudnn.benchmark = autotune
             try:
-                record["ablation"][name] = time_fit(data, "kd", device, args.batch_size, args.epochs, **overrides)
+                record["ablation"][name] = time_fit(data, "kd", device, args.batch_size, args.epochs,
+                                                    **{**settings, **overrides})
             except Exception as exc:  # one failing variant must not hide the others' figures
                 record["ablation"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
             finally:

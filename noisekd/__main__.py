@@ -19,7 +19,7 @@ import torch
 
 from .attacks import PAPER_EPS, PAPER_RESTARTS, PAPER_STEP_SIZE
 from .data import ImageData
-from .evaluate import AttackSetting, accuracy, attack_rows, corruption_rows, finish_rows, write_rows
+from .evaluate import ATTACK_BATCH_SIZE, AttackSetting, accuracy, attack_rows, corruption_rows, finish_rows, write_rows
 from .io import NoiseKDError, load_torch
 from .provenance import provenance
 from .train import inference_model, load_model, resolve_device
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--eps", type=float, default=PAPER_EPS)
     ev.add_argument("--step-size", type=float, default=PAPER_STEP_SIZE)
     ev.add_argument("--restarts", type=int, default=PAPER_RESTARTS)
-    ev.add_argument("--attack-batch-size", type=int, default=5000, help="(sample, restart) rows per PGD pass")
+    ev.add_argument("--attack-batch-size", type=int, default=ATTACK_BATCH_SIZE,
+                    help="(sample, restart) rows per PGD pass")
     ev.add_argument("--seed", type=int, default=0, help="seed of corruptions and attack restarts")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--threads", type=int, default=2)

@@ -37,6 +37,10 @@ ROW_COLUMNS = (
 )
 
 
+ATTACK_BATCH_SIZE = 5000
+"""(sample, restart) rows per PGD pass in evaluation (config key evaluation.pgd.batch_size)."""
+
+
 @dataclass(frozen=True)
 class AttackSetting:
     """One PGD evaluation: eps and step size in [0, 1] pixel units."""
@@ -108,7 +112,7 @@ def attack_rows(
     data: ImageData,
     settings: Iterable[AttackSetting],
     seed: int,
-    batch_size: int = 5000,
+    batch_size: int = ATTACK_BATCH_SIZE,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """PGD robust accuracy for each setting, both aggregates, with a seeded restart generator.

@@ -19,6 +19,7 @@ import torch
 
 from .data import Augmentation, ImageData, corrupt_labels, load_image_data, save_image_data, stratified_split
 from .evaluate import (
+    ATTACK_BATCH_SIZE,
     accuracy,
     attack_rows,
     corruption_rows,
@@ -326,8 +327,8 @@ def attack_model(plan: Plan, dataset: str, cell_name: str, seed: int, model_path
     model = inference_model(load_model(model_path, device=device))
     test = load_image_data(test_path)
     cell = plan.cell(dataset, cell_name)
-    rows = attack_rows(model, test, cell.attacks, seed=seed, batch_size=plan.config["evaluation"]["pgd"].get("batch_size", 5000),
-                       log=log.info)
+    batch_size = plan.config["evaluation"]["pgd"].get("batch_size", ATTACK_BATCH_SIZE)
+    rows = attack_rows(model, test, cell.attacks, seed=seed, batch_size=batch_size, log=log.info)
     identity = student_identity(plan, dataset, cell_name, seed, summary_path)
     write_rows(finish_rows(rows, identity, provenance(plan.config, device)), out_path)
 

@@ -13,6 +13,7 @@ non-finite loss is recorded as a device-side step index that is checked every `c
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import signal
@@ -276,6 +277,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: oneDNN then runs bf16 convolutions natively (else it emulates them, slowly)."""
     try:
