@@ -187,9 +187,14 @@ class TrainConfig:
 # Models and checkpoints
 
 
+# Module initialisation draws from the global CPU generator; seeds trained side by side in threads
+# build their models at the same time, so seeding and drawing must not interleave.
+_INIT_LOCK = threading.Lock()
+
+
 def build_model(spec: WRNSpec, seed: int) -> WideResNet:
     """Initialise on the CPU from `seed` without touching the caller's global RNG state."""
-    with torch.random.fork_rng(devices=[]):
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return WideResNet(spec)
 
