@@ -167,13 +167,10 @@ class DeviceSampler:
             images = random_crop_flip(images, self.augmentation, self.generator)
         return images, self.data.labels[idx]
 
-    def batch(self, perm: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.gather(self.indices(perm, step))
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         perm = self.permutation()
         for step in range(len(self)):
-            yield self.batch(perm, step)
+            yield self.gather(self.indices(perm, step))
 
 
 # ---------------------------------------------------------------------------------------------

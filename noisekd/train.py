@@ -484,10 +484,10 @@ def fit(
                     graphed.replay(idx, step)
                 elif graphed is not None:
                     with CAPTURE_LOCK:  # may compile, which must not overlap another thread's capture
-                        train_step(*sampler.batch(perm, step), step)
+                        train_step(*sampler.gather(idx), step)
                     graphed.eager_steps += 1
                 else:
-                    train_step(*sampler.batch(perm, step), step)
+                    train_step(*sampler.gather(idx), step)
                 images_seen += len(idx)
                 last = step == steps_per_epoch - 1
                 if (step + 1) % config.check_every == 0 or last or flag:

@@ -68,19 +68,19 @@ def test_sigterm_stops_the_job_and_its_retry_resumes_every_seed(setup, tmp_path,
     reference = _outs(tmp_path / "reference", [0, 1])
     train_students(plan, "digits", cell, [0, 1], inputs, reference, threads=1)
 
-    original, calls = noisekd.data.DeviceSampler.batch, {"n": 0}
+    original, calls = noisekd.data.DeviceSampler.gather, {"n": 0}
 
-    def batch_then_sigterm(self, perm, step):
+    def batch_then_sigterm(self, idx):
         calls["n"] += 1
         if calls["n"] == 2:
             signal.raise_signal(signal.SIGTERM)  # SLURM's time limit, during the first seed's first epoch
-        return original(self, perm, step)
+        return original(self, idx)
 
     resumed = _outs(tmp_path / "resumed", [0, 1])
-    monkeypatch.setattr(noisekd.data.DeviceSampler, "batch", batch_then_sigterm)
+    monkeypatch.setattr(noisekd.data.DeviceSampler, "gather", batch_then_sigterm)
     with pytest.raises(NoiseKDError, match="interrupted by signal"):
         train_students(plan, "digits", cell, [0, 1], inputs, resumed, threads=1)
-    monkeypatch.setattr(noisekd.data.DeviceSampler, "batch", original)
+    monkeypatch.setattr(noisekd.data.DeviceSampler, "gather", original)
     assert (tmp_path / "resumed" / "seed0" / "checkpoint.pt").exists()
     assert not (tmp_path / "resumed" / "seed1" / "model.pt").exists()  # stopped before the second seed
     train_students(plan, "digits", cell, [0, 1], inputs, resumed, threads=1)

@@ -83,19 +83,19 @@ def test_resume_after_a_kill_between_epochs_is_bit_identical(tmp_path):
 def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_path, monkeypatch, kill_at_batch):
     reference = _state(_run())
     ckpt = tmp_path / "ckpt.pt"
-    original = noisekd.data.DeviceSampler.batch
+    original = noisekd.data.DeviceSampler.gather
     calls = {"n": 0}
 
-    def batch_then_sigterm(self, perm, step):
+    def batch_then_sigterm(self, idx):
         calls["n"] += 1
         if calls["n"] == kill_at_batch:
             signal.raise_signal(signal.SIGTERM)  # what SLURM sends at a time limit
-        return original(self, perm, step)
+        return original(self, idx)
 
-    monkeypatch.setattr(noisekd.data.DeviceSampler, "batch", batch_then_sigterm)
+    monkeypatch.setattr(noisekd.data.DeviceSampler, "gather", batch_then_sigterm)
     with pytest.raises(TrainingInterrupted):
         _run(ckpt=ckpt)
-    monkeypatch.setattr(noisekd.data.DeviceSampler, "batch", original)
+    monkeypatch.setattr(noisekd.data.DeviceSampler, "gather", original)
     state = torch.load(ckpt, weights_only=True)
     assert (state["epoch"], state["step"]) == divmod(kill_at_batch, 3)  # 96 images / 32 = 3 steps per epoch
     assert _equal(_state(_run(ckpt=ckpt)), reference)
