@@ -4,18 +4,22 @@
 
 Measures on this device (or, with ``--from-records``, reads the newest ``train_step``, ``pgd`` and
 ``concurrency`` records for it under results/benchmarks/):
-- training images/s of the teacher (WRN-40-2), the student alone (WRN-16-2) and the KD step (both),
-  through `noisekd.train.fit`, as `benchmarks.train_step` does, and each one's first-epoch warm-up;
+- training images/s of the teacher (WRN-40-2), the student alone (WRN-16-2), the KD step (both) and
+  the KD step with the teacher's logits looked up (`kd_cached`), through `noisekd.train.fit`, as
+  `benchmarks.train_step` does, and each one's first-epoch warm-up; the build rate of a teacher's
+  logits table (images x crop/flip variants per second);
 - inference images/s of the student (clean, OOD and the 19 x 5 corruption sets are forwards);
 - PGD (sample x restart x step)/s of the student, every pair running all its steps (early stop off,
   so the attack cost is an upper bound: on trained models fooled pairs drop out early);
 - (records only) the gain of runs side by side in threads, from `benchmarks.concurrency`.
 Then walks the config's plan as the workflow runs it (`noisekd.plan.Plan`): one job per teacher kind
 and per student cell training its seeds side by side, one warm-up per job, every student seed's
-evaluation and attacks, Table 4's step counts sharing one longest attack.  Prints one JSON line with
-GPU-hours per job family and in total.  Data sizes are the real datasets' (CIFAR-10 50 000 / 10 000,
-SVHN 73 257 / 26 032, CINIC-10 subset 21 000); the rates are measured on synthetic 32x32 images of
-the same shape, which cost the same per image.
+evaluation and attacks, Table 4's step counts sharing one longest attack, one logits table per
+teacher that cells with `plan.uses_teacher_logits` read (those cells at the `kd_cached` rate; records
+from before the table existed have no `kd_cached`, and then every KD cell counts at the `kd` rate).
+Prints one JSON line with GPU-hours per job family and in total.  Data sizes are the real datasets'
+(CIFAR-10 50 000 / 10 000, SVHN 73 257 / 26 032, CINIC-10 subset 21 000); the rates are measured on
+synthetic 32x32 images of the same shape, which cost the same per image.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit
 from noisekd.config import load_config
+from noisekd.data import Augmentation, augmentation_variants
 from noisekd.plan import Plan
 
 SIZES = {  # (train, test, ood) images of each real source
@@ -42,7 +47,8 @@ def measure(device: torch.device, n: int, batch_size: int, settings: dict) -> di
     from benchmarks.train_step import inference_rate, synthetic_cifar, time_fit
 
     data = synthetic_cifar(n)
-    timed = {role: time_fit(data, role, device, batch_size, **settings) for role in ("teacher", "student", "kd")}
+    timed = {role: time_fit(data, role, device, batch_size, 2, min(n, 5000), **settings)
+             for role in ("teacher", "student", "kd", "kd_cached")}
     rates = _rates_of({**timed, "n": n, "inference_images_per_s": inference_rate(data, device)})
     rec = pgd_bench.main(["--device", str(device), "--n", str(min(n, 10_000 if device.type == "cuda" else 16)),
                           "--out-dir", ""])
@@ -66,36 +72,45 @@ def from_records(device: torch.device, out_dir: Path) -> dict:
     rates = _rates_of(ts)
     rates["pgd_row_steps"] = round(pg["images_per_s"] * pg["restarts"] * pg["steps"], 1)
     used = [ts, pg]
-    # Seeds trained side by side: the largest measured group of runs in threads, compiled as configured.
-    conc = newest("concurrency", ("runs",), lambda r: r.get("compile") == ts.get("settings", {}).get("compile"))
-    if conc:
-        best = max((r for r in conc["runs"] if r["mode"] == "threads"), key=lambda r: r["k"], default=None)
-        if best and best["k"] > 1:
-            rates["side_by_side"] = {"k": best["k"], "gain": round(best["aggregate_images_per_s"] / rates["kd"], 3)}
+    # Seeds trained side by side: the largest measured group of runs in threads, compiled as configured,
+    # per step kind (kd_cached falls back on kd's gain where it was not measured).
+    rates["side_by_side"] = {}
+    for role in ("kd", "kd_cached"):
+        conc = newest("concurrency", ("runs",), lambda r: r.get("compile") == ts.get("settings", {}).get("compile")
+                      and r.get("role", "kd") == role)
+        best = max((r for r in conc["runs"] if r["mode"] == "threads"), key=lambda r: r["k"], default=None) if conc else None
+        if best and best["k"] > 1 and role in rates:
+            rates["side_by_side"][role] = {"k": best["k"],
+                                           "gain": round(best["aggregate_images_per_s"] / rates[role], 3)}
             used.append(conc)
     rates["measured"] = [f"{r['benchmark']} {r['date']} on {r['device_name']}: {r['command']}" for r in used]
     return rates
 
 
 def _rates_of(ts: dict) -> dict:
-    rates = {role: ts[role]["images_per_s"] for role in ("teacher", "student", "kd")}
+    roles = [r for r in ("teacher", "student", "kd", "kd_cached") if ts.get(r)]
+    rates = {role: ts[role]["images_per_s"] for role in roles}
     rates["inference"] = ts["inference_images_per_s"]
     # A job's first epoch also compiles and captures: its extra time over a steady epoch, per role.
     rates["warmup_s"] = {role: round(max(0.0, ts[role]["first_epoch_s"] - ts["n"] / ts[role]["images_per_s"]), 1)
-                         for role in ("teacher", "student", "kd")}
+                         for role in roles}
+    if "kd_cached" in roles:
+        rates["teacher_table"] = ts["kd_cached"]["teacher_table"]["images_per_s"]
     return rates
 
 
 def estimate(plan: Plan, rates: dict) -> dict:
     """GPU seconds per job family for the whole plan, as the workflow runs it: one job per teacher
-    kind and per student cell, training its seeds side by side (throughput x `side_by_side.gain`,
-    the measured gain of the largest group measured, no more than the job's seeds), plus one
-    warm-up (compilation, graph capture) per job; evaluation and attacks per seed."""
-    seconds = {"teachers": 0.0, "students": 0.0, "evaluation": 0.0, "attacks": 0.0}
+    kind and per student cell, training its seeds side by side (throughput x `side_by_side[step].gain`,
+    the measured gain of the largest group of KD runs measured -- of kd_cached runs for the cells
+    that look the teacher's logits up, where measured -- applied to jobs with at least that many
+    seeds), plus one warm-up (compilation, graph capture) per job; evaluation and attacks per seed."""
+    seconds = {"teachers": 0.0, "teacher_logits": 0.0, "students": 0.0, "evaluation": 0.0, "attacks": 0.0}
     jobs = {k: 0 for k in seconds}
-    side = rates.get("side_by_side") or {"k": 1, "gain": 1.0}
+    sides = rates.get("side_by_side") or {}
 
-    def gain(seeds: int) -> float:
+    def gain(seeds: int, role: str = "kd") -> float:
+        side = sides.get(role) or sides.get("kd") or {"k": 1, "gain": 1.0}
         return side["gain"] if seeds >= side["k"] else 1.0
 
     def evaluated_images(dataset: str) -> int:  # clean test, OOD and every corruption set
@@ -113,13 +128,22 @@ def estimate(plan: Plan, rates: dict) -> dict:
             seconds["evaluation"] += evaluated_images(dataset) / rates["inference"]  # the selected teacher
             jobs["teachers"] += 1
             jobs["evaluation"] += 1
+    cached_rate = "kd_cached" in rates
+    if cached_rate:
+        for dataset, _kind in plan.logit_teachers():
+            train = SIZES[plan.dataset_configs[dataset]["source"]][0]
+            aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
+            seconds["teacher_logits"] += train * augmentation_variants(aug) / rates["teacher_table"]
+            jobs["teacher_logits"] += 1
     for dataset in plan.datasets():
         train, test, _ = SIZES[plan.dataset_configs[dataset]["source"]]
         seeds = plan.student_seeds
         for cell in plan.cells(dataset).values():
             role = "kd" if cell.teacher_kind else "student"
+            if cached_rate and plan.uses_teacher_logits(cell):
+                role = "kd_cached"
             epochs = sum(plan.train_config(s, cell).epochs for s in seeds)
-            seconds["students"] += epochs * train / (rates[role] * gain(len(seeds))) + rates["warmup_s"][role]
+            seconds["students"] += epochs * train / (rates[role] * gain(len(seeds), role)) + rates["warmup_s"][role]
             jobs["students"] += 1
             seconds["evaluation"] += len(seeds) * evaluated_images(dataset) / rates["inference"]
             jobs["evaluation"] += len(seeds)

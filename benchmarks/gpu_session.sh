@@ -21,7 +21,7 @@ steps=${*:-tests train pgd concurrency cost}
     for step in $steps; do
         echo "=== $step $(date +%T)"
         case $step in
-            tests) timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py \
+            tests) timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_teacher_logits.py \
                        tests/test_attacks.py::test_cuda_matches_cpu tests/test_train.py tests/test_losses.py tests/test_models.py ;;
             train) timeout 330 python3 -m benchmarks.train_step --device cuda --compile \
                        --ablation ${ABLATION:-no_compile,no_teacher_stream} --out-dir "$RECORDS" ;;
@@ -29,10 +29,10 @@ steps=${*:-tests train pgd concurrency cost}
             profile) timeout 120 python3 -m benchmarks.profile_step --steps 20 ;;
             autotune) timeout 240 python3 -m benchmarks.train_step --device cuda --roles kd --no-reference \
                           --ablation cudnn_benchmark,compile_cudnn_benchmark --out-dir "$RECORDS" ;;
-            concurrency) timeout 150 python3 -m benchmarks.concurrency --device cuda --k 1,2,4 --mode threads \
+            concurrency) timeout 240 python3 -m benchmarks.concurrency --device cuda --k 1,5 --mode threads --compile \
                              --out-dir "$RECORDS"
-                         timeout 150 python3 -m benchmarks.concurrency --device cuda --k 1,2 --mode threads --compile \
-                             --out-dir "$RECORDS" ;;
+                         timeout 240 python3 -m benchmarks.concurrency --device cuda --k 1,5 --mode threads --compile \
+                             --role kd_cached --out-dir "$RECORDS" ;;
             mps) if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; then
                      timeout 120 python3 -m benchmarks.concurrency --device cuda --k 1,2,4 --out-dir "$RECORDS"
                      echo quit | nvidia-cuda-mps-control

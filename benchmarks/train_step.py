@@ -2,9 +2,13 @@
 
     python -m benchmarks.train_step --device {cpu,cuda} [--quick] [--ablation]
 
-Three steps, each timed through `noisekd.train.fit` (the code the workflow runs) on the same synthetic
+Four steps, each timed through `noisekd.train.fit` (the code the workflow runs) on the same synthetic
 CIFAR-sized uint8 data (seeded, class-dependent, so the loss is a real one): the teacher step (WRN-40-2,
-cross-entropy), the student step (WRN-16-2) and the KD step (WRN-40-2 -> WRN-16-2, Hinton KD).  `fit` runs
+cross-entropy), the student step (WRN-16-2), the KD step (WRN-40-2 -> WRN-16-2, Hinton KD) and the KD
+step as the workflow runs it for Hinton/SR/MC/Noisy Teacher students (`kd_cached`: the teacher's logits
+looked up in its table of every image x crop/flip, `noisekd.teacher_logits`).  Building that table is
+timed too (`teacher_table`: images x variants per second, on the first `--table-n` images; the table
+is tiled to N rows for the timed fit, which costs the same per step as the real one).  `fit` runs
 two epochs (`--epochs`) over N images; the first warms up (allocator, cuDNN, CUDA-graph capture,
 compilation), the others are the figure (`fit` times each epoch itself, ending on a device sync).
 
@@ -35,10 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit, sync
-from noisekd.data import Augmentation, ImageData
+from noisekd import teacher_logits
+from noisekd.data import Augmentation, ImageData, augmentation_variants
 from noisekd.methods import MethodParams, get_method
 from noisekd.models import WRNSpec
-from noisekd.train import TrainConfig, build_model, fit, resolve_precision
+from noisekd.train import TrainConfig, build_model, fit, resolve_numerics, resolve_precision
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -61,16 +66,37 @@ def _spec(depth_width, dropout=0.0, normalise=True) -> WRNSpec:
     return WRNSpec(depth_width[0], depth_width[1], 10, dropout, 3, mean, std)
 
 
+def teacher_table(data: ImageData, device: torch.device, config: TrainConfig, table_n: int) -> tuple[torch.Tensor, dict]:
+    """The KD teacher's logits table for `data` (tiled from its first `table_n` images) and the
+    build rate of that part, images x variants per second."""
+    teacher = build_model(_spec(TEACHER), 1).to(device)
+    part = ImageData(data.images[:table_n], data.labels[:table_n], data.classes).to(device)
+    precision, channels_last = resolve_numerics(config, device)
+    teacher_logits.compute(teacher, ImageData(part.images[:8], part.labels[:8], data.classes), Augmentation(),
+                           precision, channels_last, log=lambda line: None)  # warm-up
+    sync(device)
+    t0 = time.perf_counter()
+    table = teacher_logits.compute(teacher, part, Augmentation(), precision, channels_last, log=lambda line: None)
+    sync(device)
+    elapsed = time.perf_counter() - t0
+    variants = augmentation_variants(Augmentation())
+    rate = {"images_per_s": round(len(part) * variants / elapsed, 1), "images": len(part), "variants": variants,
+            "seconds": round(elapsed, 3), "precision": precision}
+    reps = -(-len(data) // len(part))
+    return table.repeat(reps, 1, 1)[: len(data)], rate
+
+
 def time_fit(data: ImageData, role: str, device: torch.device, batch_size: int, epochs: int = 2,
-             **overrides) -> dict:
-    """images/s of `fit` for one role (teacher, student or kd) over the epochs after the first."""
+             table_n: int | None = None, **overrides) -> dict:
+    """images/s of `fit` for one role (teacher, student, kd or kd_cached) over the epochs after the first."""
     config = TrainConfig(epochs=epochs, milestones=(), batch_size=batch_size, seed=0, **overrides)
-    method = get_method("hinton" if role == "kd" else "baseline")
+    method = get_method("hinton" if role.startswith("kd") else "baseline")
     teacher = build_model(_spec(TEACHER), 1) if role == "kd" else None
+    table, table_rate = teacher_table(data, device, config, table_n or len(data)) if role == "kd_cached" else (None, None)
     model = build_model(_spec(TEACHER if role == "teacher" else STUDENT), 0)
     t0 = time.perf_counter()
     result = fit(model, data, config, method, MethodParams(), teacher=teacher, augmentation=Augmentation(),
-                 device=device, log=lambda line: None)
+                 device=device, log=lambda line: None, teacher_logits=table)
     total = time.perf_counter() - t0
     history = result.summary["history"]
     timed_s = sum(len(data) / h["images_per_s"] for h in history[1:])
@@ -82,6 +108,7 @@ def time_fit(data: ImageData, role: str, device: torch.device, batch_size: int, 
         "compiled": result.summary["compiled"],
         "cuda_graphs": result.summary["cuda_graphs"],
         "final_loss": round(history[-1]["loss"], 4),
+        **({"teacher_table": table_rate} if table_rate else {}),
     }
 
 
@@ -221,7 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--ablation", nargs="?", const="all", default=None,
                         help=f"also time the KD step with other speed settings: all or some of {','.join(ABLATIONS)}")
-    parser.add_argument("--roles", default="teacher,student,kd", help="which fit steps to time")
+    parser.add_argument("--roles", default="teacher,student,kd,kd_cached", help="which fit steps to time")
+    parser.add_argument("--table-n", type=int, default=None,
+                        help="images whose teacher-logits table is built and timed (default cuda 5000, cpu 16)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
     parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR), help="where the JSON record goes ('' = nowhere)")
     parser.add_argument("--compile", action="store_true", help="time every fit with train.compile on, as the "
@@ -238,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"benchmark": "train_step", **context(device), "n": n, "batch_size": args.batch_size,
               "quick": args.quick, "teacher": "WRN-40-2", "student": "WRN-16-2", "settings": settings}
     for role in args.roles.split(","):
-        record[role] = time_fit(data, role, device, args.batch_size, args.epochs, **settings)
+        table_n = min(n, args.table_n or (5000 if device.type == "cuda" else 16))
+        record[role] = time_fit(data, role, device, args.batch_size, args.epochs, table_n, **settings)
         print(f"# {role}: {record[role]}", flush=True)
     if not args.no_reference:
         record["reference_kd"] = reference_kd(data, device, args.batch_size, workers)
@@ -246,13 +276,16 @@ def main(argv: list[str] | None = None) -> dict:
         if "kd" in record:
             record["speedup_vs_reference"] = round(
                 record["kd"]["images_per_s"] / record["reference_kd"]["images_per_s"], 2)
+        if "kd_cached" in record:
+            record["speedup_vs_reference_cached_teacher"] = round(
+                record["kd_cached"]["images_per_s"] / record["reference_kd"]["images_per_s"], 2)
     if args.ablation and not args.quick:
         record["ablation"] = {}
         for name in args.ablation.split(",") if args.ablation != "all" else ABLATIONS:
             overrides, autotune = ABLATIONS[name]
             torch.backends.cudnn.benchmark = autotune
             try:
-                record["ablation"][name] = time_fit(data, "kd", device, args.batch_size, args.epochs,
+                record["ablation"][name] = time_fit(data, "kd", device, args.batch_size, args.epochs, None,
                                                     **{**settings, **overrides})
             except Exception as exc:  # one failing variant must not hide the others' figures
                 record["ablation"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}

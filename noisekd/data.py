@@ -98,29 +98,57 @@ class Augmentation:
     hflip: bool = True
 
 
-def random_crop_flip(images: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
-    """Batched random crop (zero padding) and horizontal flip of uint8 (B, C, H, W) images.
+def augmentation_variants(aug: Augmentation | None) -> int:
+    """How many distinct images `aug` makes of one image: (2p + 1)^2 crop offsets, times 2 with flips."""
+    if aug is None:
+        return 1
+    side = 2 * aug.crop_padding + 1
+    return side * side * (2 if aug.hflip else 1)
+
+
+def draw_crop_flip(b: int, aug: Augmentation, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    """The augmentation variant of each of `b` images, an int64 in [0, augmentation_variants(aug)):
+    (flip * side + offset_y) * side + offset_x.  Draw order (offsets y, x, then flips) is fixed for
+    determinism; nothing is drawn for a disabled part."""
+    side = 2 * aug.crop_padding + 1
+    variant = torch.zeros(b, dtype=torch.int64, device=device)
+    if aug.crop_padding > 0:
+        oy = torch.randint(0, side, (b,), device=device, generator=generator)
+        ox = torch.randint(0, side, (b,), device=device, generator=generator)
+        variant = oy * side + ox
+    if aug.hflip:
+        flip = torch.rand(b, device=device, generator=generator) < 0.5
+        variant = variant + flip.long() * (side * side)
+    return variant
+
+
+def crop_flip(images: torch.Tensor, aug: Augmentation, variant: torch.Tensor) -> torch.Tensor:
+    """Crop (zero padding) and flip uint8 (B, C, H, W) images, each as its `variant` says.
 
     One gather for the whole batch: each image's window is selected with broadcast row/column
-    indices into the padded batch.  Draw order (offsets y, x, then flips) is fixed for determinism.
-    """
+    indices into the padded batch."""
     b, c, h, w = images.shape
     device = images.device
+    p = aug.crop_padding
+    side = 2 * p + 1
     out = images
-    if aug.crop_padding > 0:
-        p = aug.crop_padding
+    if p > 0:
         padded = F.pad(out, (p, p, p, p))
-        oy = torch.randint(0, 2 * p + 1, (b,), device=device, generator=generator)
-        ox = torch.randint(0, 2 * p + 1, (b,), device=device, generator=generator)
-        rows = (oy[:, None] + torch.arange(h, device=device))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=device))[:, None, None, :]
+        offsets = variant % (side * side)
+        rows = ((offsets // side)[:, None] + torch.arange(h, device=device))[:, None, :, None]
+        cols = ((offsets % side)[:, None] + torch.arange(w, device=device))[:, None, None, :]
         batch = torch.arange(b, device=device)[:, None, None, None]
         chan = torch.arange(c, device=device)[None, :, None, None]
         out = padded[batch, chan, rows, cols]
     if aug.hflip:
-        flip = torch.rand(b, device=device, generator=generator) < 0.5
+        flip = variant >= side * side
         out = torch.where(flip[:, None, None, None], out.flip(3), out)
     return out
+
+
+def random_crop_flip(images: torch.Tensor, aug: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Batched random crop (zero padding) and horizontal flip of uint8 (B, C, H, W) images."""
+    return crop_flip(images, aug, draw_crop_flip(images.shape[0], aug, images.device, generator))
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -131,8 +159,8 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 class DeviceSampler:
     """Seeded epoch sampler over a device-resident dataset.
 
-    `permutation()` draws one epoch's order from `generator`; `batch(perm, step)` gathers that
-    step's images and labels by index on the data's device and augments them as one batch.  The
+    `permutation()` draws one epoch's order from `generator`; `gather(indices(perm, step))` gathers
+    that step's images and labels by index on the data's device and augments them as one batch.  The
     last partial batch is kept, as a default PyTorch DataLoader does.  Because an epoch is fully
     described by (generator state, permutation, step), a checkpoint can resume mid-epoch exactly.
     """
@@ -160,14 +188,16 @@ class DeviceSampler:
     def indices(self, perm: torch.Tensor, step: int) -> torch.Tensor:
         return perm[step * self.batch_size : (step + 1) * self.batch_size]
 
-    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented images and labels of the samples `idx` (no host sync: CUDA-graph safe)."""
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Augmented images, labels and augmentation variants (see `draw_crop_flip`) of the samples
+        `idx` (no host sync: CUDA-graph safe)."""
         images = self.data.images[idx]
-        if self.augmentation is not None:
-            images = random_crop_flip(images, self.augmentation, self.generator)
-        return images, self.data.labels[idx]
+        if self.augmentation is None:
+            return images, self.data.labels[idx], torch.zeros_like(idx)
+        variant = draw_crop_flip(len(idx), self.augmentation, images.device, self.generator)
+        return crop_flip(images, self.augmentation, variant), self.data.labels[idx], variant
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         perm = self.permutation()
         for step in range(len(self)):
             yield self.gather(self.indices(perm, step))

@@ -31,8 +31,9 @@ from .io import NoiseKDError, atomic_path, write_json_atomic
 from .methods import MethodParams, get_method
 from .plan import Plan
 from .provenance import provenance
+from . import teacher_logits
 from .train import (TrainConfig, TrainingInterrupted, build_model, fit, inference_model, load_model, resolve_device,
-                    run_side_by_side, save_model)
+                    resolve_numerics, run_side_by_side, save_model)
 
 log = logging.getLogger("noisekd")
 
@@ -184,23 +185,31 @@ def train_students(plan: Plan, dataset: str, cell_name: str, seeds: list[int], i
     device = resolve_device(plan.config.get("device"))
     train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels")).to(device)
     mean, std = _normalisation(train)
-    teacher, teacher_seed = None, None
-    if method.teacher:
-        best = json.loads(Path(inputs["best"]).read_text())
-        teacher_seed = best["seed"]
-        path = next(p for p in inputs["teachers"] if Path(p).parent.name == f"seed{teacher_seed}")
+    aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
+    teacher, teacher_seed, cached = None, None, None
+    if inputs.get("teacher_logits"):
+        teacher_seed = json.loads(Path(inputs["best"]).read_text())["seed"]
+        precision, _ = resolve_numerics(plan.train_config(seeds[0], cell), device)
+        cached, ident = teacher_logits.load(inputs["teacher_logits"], train, aug, precision, train.num_classes)
+        if ident.get("teacher_seed") != teacher_seed:
+            raise NoiseKDError(f"teacher logits {inputs['teacher_logits']} are of teacher seed "
+                               f"{ident.get('teacher_seed')}, {inputs['best']} selects seed {teacher_seed}")
+        log.info(f"teacher logits of seed {teacher_seed} from {inputs['teacher_logits']} "
+                 f"({tuple(cached.shape)}, {cached.dtype})")
+    elif method.teacher:
+        path, teacher_seed = best_teacher(inputs["best"], inputs["teachers"])
         teacher = load_model(path, device=device)
         if teacher.spec.dropout != params.dropout and method.fickle_teacher:
             raise NoiseKDError(f"teacher {path} has dropout {teacher.spec.dropout}, cell {cell_name} wants {params.dropout}")
     spec = plan.student_spec(train.num_classes, mean, std)
-    aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
 
     def run(seed: int, out: dict) -> None:
         # fit trains an inference copy of the teacher, so the runs can share the loaded one
         result = _fit(build_model(spec, seed), train, plan.train_config(seed, cell), method, params, teacher, aug,
                       out, device, seed, len(seeds),
                       run_info={"role": "student", "dataset": dataset, "cell": cell_name, "seed": seed,
-                                "teacher_seed": teacher_seed, "label_corruption": train.meta.get("label_corruption")})
+                                "teacher_seed": teacher_seed, "label_corruption": train.meta.get("label_corruption")},
+                      teacher_logits=cached)
         _finish_run(result, out, extra={"teacher_seed": teacher_seed})
 
     _train_side_by_side(run, seeds, outs, device)
@@ -223,12 +232,14 @@ def _checkpoint(out: dict) -> Path:
     return Path(out["model"]).with_name("checkpoint.pt")
 
 
-def _fit(model, train, config: TrainConfig, method, params, teacher, aug, out, device, seed, runs, run_info):
+def _fit(model, train, config: TrainConfig, method, params, teacher, aug, out, device, seed, runs, run_info,
+         teacher_logits=None):
     checkpoint = _checkpoint(out)
     say = log.info if runs == 1 else (lambda line: log.info(f"[seed {seed}] {line}"))
     try:
         return fit(model, train, config, method, params, teacher=teacher, augmentation=aug,
-                   checkpoint_path=checkpoint, device=device, log=say, run_info=run_info)
+                   checkpoint_path=checkpoint, device=device, log=say, run_info=run_info,
+                   teacher_logits=teacher_logits)
     except TrainingInterrupted as exc:
         raise NoiseKDError(f"{exc}; checkpoint {checkpoint} kept, a rerun resumes from it") from None
 
@@ -238,6 +249,31 @@ def _finish_run(result, out: dict, extra: dict) -> None:
     write_json_atomic(out["summary"], summary)
     save_model(out["model"], result.model, summary=json.dumps(summary, default=str))
     log.info("final summary: " + json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
+
+
+def best_teacher(best_path: str, models: list[str]) -> tuple[str, int]:
+    """(model file, seed) of the teacher that `best_path` (select_teacher's output) selects."""
+    seed = json.loads(Path(best_path).read_text())["seed"]
+    for path in models:
+        if Path(path).parent.name == f"seed{seed}":
+            return path, seed
+    raise NoiseKDError(f"{best_path} selects teacher seed {seed}, which is not among {models}")
+
+
+def compute_teacher_logits(plan: Plan, dataset: str, kind: str, inputs: dict, out_path: str, threads: int) -> None:
+    """The selected teacher's logits of every training image under every augmentation variant."""
+    torch.set_num_threads(threads)
+    device = resolve_device(plan.config.get("device"))
+    path, seed = best_teacher(inputs["best"], inputs["models"])
+    teacher = load_model(path, device=device)
+    train = load_image_data(inputs["train"]).to(device)
+    aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
+    precision, channels_last = resolve_numerics(plan.train_config(0), device)
+    logits = teacher_logits.compute(teacher, train, aug, precision, channels_last,
+                                    plan.config["evaluation"]["batch_size"], log=log.info)
+    ident = {**teacher_logits.identity(path, train, aug, precision), "teacher_seed": seed, "kind": kind}
+    teacher_logits.save(out_path, logits, ident, provenance=provenance(plan.config, device))
+    log.info(f"wrote {out_path}: {tuple(logits.shape)} {logits.dtype}")
 
 
 def select_teacher(summaries: list[str], by: str, out_path: str) -> None:

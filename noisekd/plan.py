@@ -21,6 +21,7 @@ from .io import NoiseKDError
 from .methods import MethodParams, get_method
 from .models import WRNSpec
 from .train import TrainConfig
+from .teacher_logits import cacheable
 
 SHORT = {"sigma": "s", "dropout": "p", "mc_rate": "r", "nt_sigma": "ns", "nt_rate": "nr"}
 
@@ -246,6 +247,17 @@ class Plan:
 
     def method_params(self, cell: Cell) -> MethodParams:
         return MethodParams.from_dict({**asdict(self.defaults), **cell.params})
+
+    def uses_teacher_logits(self, cell: Cell) -> bool:
+        """Whether the cell's students look their teacher's logits up in a table computed once per
+        teacher (train.cache_teacher_logits, for methods whose teacher gives only logits)."""
+        return bool(self.config["train"].get("cache_teacher_logits", True)) and cacheable(
+            get_method(cell.method), self.method_params(cell))
+
+    def logit_teachers(self) -> list[tuple[str, str]]:
+        """(dataset, teacher kind) of every teacher whose logits table some cell reads."""
+        return sorted({(d, c.teacher_kind) for d in self.datasets() for c in self._cells[d].values()
+                       if self.uses_teacher_logits(c)})
 
     # -- paths ------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from . import losses
-from .data import Augmentation, DeviceSampler, ImageData, random_relabel, to_float
+from .data import Augmentation, DeviceSampler, ImageData, augmentation_variants, random_relabel, to_float
 from .io import NoiseKDError, load_torch, save_torch_atomic
 from .methods import Method, MethodParams
 from .models import WideResNet, WRNSpec, fold_batchnorm
@@ -34,7 +34,8 @@ from .models import WideResNet, WRNSpec, fold_batchnorm
 CHECKPOINT_VERSION = 1
 PRECISIONS = ("auto", "bf16", "fp32")
 # Settings that change speed but not a single number of the run: not part of a checkpoint's identity.
-SPEED_ONLY = ("cuda_graphs", "teacher_stream", "checkpoint_every", "check_every")
+# (cache_teacher_logits is a workflow choice; where it applies, the run's identity records it.)
+SPEED_ONLY = ("cuda_graphs", "teacher_stream", "checkpoint_every", "check_every", "cache_teacher_logits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +101,7 @@ def distillation_loss(
     num_classes: int,
     generator: torch.Generator,
     teacher_stream: torch.cuda.Stream | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The one training objective: (loss, student logits) for a batch of float images in [0, 1].
 
@@ -109,6 +111,9 @@ def distillation_loss(
     With a `teacher_stream` (CUDA), the teacher's forward runs on it, side by side with the student's
     forward, and joins before the loss.  Random draws are reserved in launch order on the host, so the
     numbers are those of the sequential step.
+
+    `teacher_logits`, the teacher's logits of these very images looked up in a precomputed table
+    (`noisekd.teacher_logits`), stand in for the teacher's forward: no random draw changes.
     """
     terms = method.terms(params)
     targets = random_relabel(labels, params.mc_rate, num_classes, generator) if method.relabel else labels
@@ -120,7 +125,13 @@ def distillation_loss(
             student_input = student_input.clamp(0.0, 1.0)
     want_features = bool(FEATURE_TERMS & terms.keys())
     ctx = StepContext(student_logits=None, targets=targets)  # type: ignore[arg-type]
-    if TEACHER_TERMS & terms.keys():
+    if teacher_logits is not None:
+        if want_features:
+            raise NoiseKDError(f"method {method.name} needs the teacher's features, not only its logits")
+        ctx.teacher_logits = teacher_logits
+        if method.perturb_teacher_logits:
+            ctx.teacher_logits = perturb_logits(teacher_logits, params.nt_sigma, params.nt_rate, generator)
+    elif TEACHER_TERMS & terms.keys():
         if teacher is None:
             raise NoiseKDError(f"method {method.name} needs a teacher")
         with _side_stream(teacher_stream), torch.no_grad():
@@ -161,6 +172,9 @@ class TrainConfig:
     cuda_graphs: bool = True  # replay each full-batch step as one CUDA graph (same numbers, no launch gaps)
     teacher_stream: bool = True  # CUDA: teacher forward beside the student's, on a second stream (same numbers)
     compile: bool = False  # CUDA only: torch.compile the networks (fuses BN/ReLU; ~45 s of compiling per job)
+    # Workflow: students whose teacher only gives logits look them up in a table computed once per
+    # teacher (`noisekd.teacher_logits`) instead of running the teacher every step.
+    cache_teacher_logits: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -301,6 +315,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
+def resolve_numerics(config: TrainConfig, device: torch.device) -> tuple[str, bool]:
+    """(precision, channels_last) of a run: NHWC where it pays (CUDA, and a CPU computing in bf16)."""
+    precision = resolve_precision(config.precision, device)
+    return precision, config.channels_last and (device.type == "cuda" or precision == "bf16")
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -323,16 +343,31 @@ def fit(
     device: str | torch.device | None = "auto",
     log: Callable[[str], None] = print,
     run_info: dict | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train `student` in place with `method`; resume from `checkpoint_path` if it exists.
+
+    `teacher_logits` (N, V, K), the teacher's logits of every training image under every
+    augmentation variant (`noisekd.teacher_logits`), replace the teacher's forward where the method
+    allows it (`teacher_logits.cacheable`); `teacher` is then not needed.
 
     Returns the trained model and a JSON-able summary.  Raises NoiseKDError on a non-finite loss
     (naming epoch and step) and TrainingInterrupted after SIGTERM (checkpoint saved first).
     """
     device = resolve_device(device)
     method.check(params)
-    if method.teacher and teacher is None:
+    if method.teacher and teacher is None and teacher_logits is None:
         raise NoiseKDError(f"method {method.name} needs a teacher checkpoint")
+    if teacher_logits is not None:
+        from .teacher_logits import cacheable
+
+        if not cacheable(method, params):
+            raise NoiseKDError(f"method {method.name} cannot use cached teacher logits (its teacher gives features "
+                               "or keeps dropout active)")
+        expected = (len(train_data), augmentation_variants(augmentation), train_data.num_classes)
+        if tuple(teacher_logits.shape) != expected:
+            raise NoiseKDError(f"teacher logits have shape {tuple(teacher_logits.shape)}, this run needs {expected}")
+        teacher = None
     if teacher is not None and "fm" in method.terms(params) and teacher.embedding_dim != student.embedding_dim:
         raise NoiseKDError(
             f"method {method.name} matches embeddings, but teacher {teacher.spec.name} has embedding width "
@@ -342,8 +377,7 @@ def fit(
     if student.spec.num_classes != num_classes:
         raise NoiseKDError(f"student has {student.spec.num_classes} outputs, data has {num_classes} classes")
 
-    precision = resolve_precision(config.precision, device)
-    channels_last = config.channels_last and (device.type == "cuda" or precision == "bf16")
+    precision, channels_last = resolve_numerics(config, device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     student = student.to(device, memory_format=memory_format)
     if teacher is not None:
@@ -352,6 +386,8 @@ def fit(
         teacher = fold_batchnorm(teacher).to(device, memory_format=memory_format)
         set_teacher_mode(teacher, fickle=method.fickle_teacher)
     data = train_data.to(device)
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.to(device)
 
     generator = torch.Generator(device=device).manual_seed(config.seed)
     for module in student.dropout_modules() + (teacher.dropout_modules() if teacher is not None else []):
@@ -373,6 +409,8 @@ def fit(
     history: list[dict] = []
     run_config = {k: v for k, v in asdict(config).items() if k not in SPEED_ONLY}
     identity = {"method": method.name, "params": asdict(params), "config": run_config, "spec": asdict(student.spec)}
+    if teacher_logits is not None:
+        identity["teacher_logits"] = "cached"  # same draws, other rounding: a run never switches midway
 
     if checkpoint_path is not None:
         # A process killed inside atomic_path leaves its temporary file behind: never complete, drop it.
@@ -435,15 +473,17 @@ def fit(
             return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
-    def train_step(images: torch.Tensor, labels: torch.Tensor, step) -> None:
-        """One optimisation step on an augmented uint8 batch; `step` (int or device tensor) is only
+    def train_step(idx: torch.Tensor, step) -> None:
+        """One optimisation step on the samples `idx`, augmented; `step` (int or device tensor) is only
         recorded if the loss turns non-finite.  Touches tensors only: safe to capture in a CUDA graph."""
+        images, labels, variant = sampler.gather(idx)
         x = to_float(images)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        cached = teacher_logits[idx, variant] if teacher_logits is not None else None
         with autocast():
             loss, logits = distillation_loss(method, params, student_fn, teacher_fn, x, labels, num_classes, generator,
-                                             teacher_stream)
+                                             teacher_stream, cached)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -453,7 +493,7 @@ def fit(
         acc_correct.add_((logits.detach().argmax(1) == labels).sum())
 
     graphed = (
-        GraphedStep(lambda idx, step: train_step(*sampler.gather(idx), step), config.batch_size, generator)
+        GraphedStep(train_step, config.batch_size, generator)
         if device.type == "cuda" and config.cuda_graphs
         else None
     )
@@ -464,7 +504,8 @@ def fit(
     log(
         f"training {student.spec.name} with {method.name} on {n} images, {config.epochs} epochs, "
         f"{steps_per_epoch} steps/epoch, device {device}, {precision}"
-        f"{', CUDA graphs' if graphed else ''}{', compiled' if compiled else ''}, seed {config.seed}"
+        f"{', CUDA graphs' if graphed else ''}{', compiled' if compiled else ''}"
+        f"{', cached teacher logits' if teacher_logits is not None else ''}, seed {config.seed}"
     )
     with stop_on_signals():
         for epoch in range(start_epoch, config.epochs):
@@ -484,10 +525,10 @@ def fit(
                     graphed.replay(idx, step)
                 elif graphed is not None:
                     with CAPTURE_LOCK:  # may compile, which must not overlap another thread's capture
-                        train_step(*sampler.gather(idx), step)
+                        train_step(idx, step)
                     graphed.eager_steps += 1
                 else:
-                    train_step(*sampler.gather(idx), step)
+                    train_step(idx, step)
                 images_seen += len(idx)
                 last = step == steps_per_epoch - 1
                 if (step + 1) % config.check_every == 0 or last or flag:
@@ -528,6 +569,7 @@ def fit(
         "channels_last": channels_last,
         "cuda_graphs": graphed.stats() if graphed is not None else None,
         "compiled": compiled,
+        "teacher_logits": "cached" if teacher_logits is not None else None,
         "torch": torch.__version__,
     }
     return TrainResult(summary=summary, model=student)

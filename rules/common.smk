@@ -60,8 +60,18 @@ def student_inputs(wildcards):
     if cell.teacher_kind is not None:
         base = f"{R}/teachers/{wildcards.dataset}/{cell.teacher_kind}"
         files["best"] = f"{base}/best.json"
-        files["teachers"] = [f"{base}/seed{s}/model.pt" for s in PLAN.teacher_seeds]
+        if PLAN.uses_teacher_logits(cell):
+            files["teacher_logits"] = f"{base}/train_logits.pt"
+        else:
+            files["teachers"] = [f"{base}/seed{s}/model.pt" for s in PLAN.teacher_seeds]
     return files
+
+
+def teacher_models(wildcards):
+    return [
+        f"{R}/teachers/{wildcards.dataset}/{wildcards.kind}/seed{s}/model.pt"
+        for s in PLAN.teacher_seeds
+    ]
 
 
 def teacher_summaries(wildcards):

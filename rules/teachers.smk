@@ -44,10 +44,7 @@ rule evaluate_teacher:
     input:
         unpack(evaluation_sets),
         best=f"{TEACHER}/best.json",
-        models=lambda wc: [
-            f"{R}/teachers/{wc.dataset}/{wc.kind}/seed{s}/model.pt"
-            for s in PLAN.teacher_seeds
-        ],
+        models=teacher_models,
     output:
         f"{TEACHER}/eval.parquet",
     log:
@@ -61,3 +58,27 @@ rule evaluate_teacher:
         mem_mb=config["resources"].get("train_mem_mb", 16000),
     script:
         "../workflow_scripts/evaluate_teacher.py"
+
+
+# The selected teacher's logits of every training image under every crop/flip, read by the students
+# whose teacher gives only logits (Hinton, SR, MC, Noisy Teacher) instead of running it every step.
+rule teacher_logits:
+    input:
+        best=f"{TEACHER}/best.json",
+        models=teacher_models,
+        train=f"{DATA}/train.npz",
+    output:
+        f"{TEACHER}/train_logits.pt",
+    log:
+        f"{R}/logs/teacher_logits/{{dataset}}_{{kind}}.log",
+    benchmark:
+        f"{R}/benchmarks/teacher_logits/{{dataset}}_{{kind}}.tsv"
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        gpu=GPU,
+        runtime=config["resources"].get("eval_runtime_min", 120),
+        mem_mb=config["resources"].get("train_mem_mb", 16000),
+    script:
+        "../workflow_scripts/teacher_logits.py"

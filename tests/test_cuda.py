@@ -108,3 +108,26 @@ def test_runs_side_by_side_equal_runs_alone():
         assert [h["loss"] for h in results[name].summary["history"]] == [h["loss"] for h in alone.summary["history"]]
         assert all(torch.equal(a, b) for a, b in zip(results[name].model.state_dict().values(),
                                                       alone.model.state_dict().values()))
+
+
+@pytest.mark.parametrize("method,params", CASES[1:4], ids=[c[0] for c in CASES[1:4]])
+def test_cached_teacher_logits_on_cuda_replay_as_eager_and_match_the_live_teacher(method, params):
+    """The logits table on the GPU, looked up inside a replayed graph: same as eager; same as the
+    teacher's forward up to bf16 rounding (the same draws, so the same batches and noise)."""
+    from noisekd import teacher_logits
+
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    teacher = build_model(WRNSpec(10, 1), 0)
+    aug = Augmentation(crop_padding=2, hflip=True)
+    table = teacher_logits.compute(teacher, _data().to("cuda"), aug, "bf16", True, log=lambda s: None)
+
+    def run(**kw):
+        config = TrainConfig(epochs=3, milestones=(2,), batch_size=32, seed=3, **kw)
+        return fit(build_model(WRNSpec(10, 1), 1), _data(), config, get_method(method), params,
+                   teacher=None, augmentation=aug, device="cuda", log=lambda s: None, teacher_logits=table)
+
+    graphed, eager, live = run(cuda_graphs=True), run(cuda_graphs=False), _fit(method, params)
+    assert graphed.summary["cuda_graphs"]["replays"] == 3 * 6 - 1
+    for g, e, t in zip(graphed.summary["history"], eager.summary["history"], live.summary["history"]):
+        assert g["loss"] == pytest.approx(e["loss"], rel=1e-5, abs=1e-6)
+        assert g["loss"] == pytest.approx(t["loss"], rel=0.05)

@@ -11,7 +11,7 @@ import torch
 import noisekd.data
 from noisekd.config import load_config
 from noisekd.io import NoiseKDError
-from noisekd.pipeline import prepare_dataset, train_students, train_teachers, select_teacher
+from noisekd.pipeline import compute_teacher_logits, prepare_dataset, select_teacher, train_students, train_teachers
 from noisekd.plan import Plan
 
 from test_workflow import ROOT
@@ -86,3 +86,34 @@ def test_sigterm_stops_the_job_and_its_retry_resumes_every_seed(setup, tmp_path,
     train_students(plan, "digits", cell, [0, 1], inputs, resumed, threads=1)
     for a, b in zip(reference, resumed):
         assert _same(_state(a), _state(b))
+
+
+def test_students_of_a_logits_table_train_like_students_of_the_live_teacher(setup, tmp_path):
+    """The teacher_logits rule's step, then a Hinton cell from its table: the same draws and, on this
+    fp32 machine path, the same steps up to rounding; a table of another teacher seed is refused."""
+    plan, data = setup
+    # fp32: in bf16 the table's batches of 1000 and the live step's of 64 round differently.
+    plan = Plan({**plan.config, "train": {**plan.config["train"], "precision": "fp32"}})
+    teachers = _outs(tmp_path / "teachers", [0, 1])
+    train_teachers(plan, "digits", "plain", [0, 1], data, teachers, threads=1)
+    best = tmp_path / "best.json"
+    select_teacher([t["summary"] for t in teachers], "test", str(best))
+    models = [t["model"] for t in teachers]
+    table = tmp_path / "train_logits.pt"
+    compute_teacher_logits(plan, "digits", "plain", {"best": str(best), "models": models, "train": data["train"]},
+                           str(table), threads=1)
+    live, cached = _outs(tmp_path / "live", [0]), _outs(tmp_path / "cached", [0])
+    train_students(plan, "digits", "hinton", [0], {"train": data["train"], "best": str(best), "teachers": models},
+                   live, threads=1)
+    train_students(plan, "digits", "hinton", [0], {"train": data["train"], "best": str(best),
+                                                   "teacher_logits": str(table)}, cached, threads=1)
+    for a, b in zip(_history(live[0]), _history(cached[0])):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+    summary = json.load(open(cached[0]["summary"]))
+    assert summary["teacher_logits"] == "cached" and summary["teacher_seed"] == json.load(open(best))["seed"]
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**json.load(open(best)), "seed": 1 - json.load(open(best))["seed"]}))
+    with pytest.raises(NoiseKDError, match="are of teacher seed"):
+        train_students(plan, "digits", "hinton", [0], {"train": data["train"], "best": str(other),
+                                                       "teacher_logits": str(table)}, _outs(tmp_path / "x", [0]), 1)

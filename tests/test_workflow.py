@@ -50,6 +50,10 @@ def test_paper_dag_job_counts_follow_the_protocol():
     # Attacks: GA/SR cells (20 per dataset) and the 4 related noisy cells of CIFAR-10, 5 seeds.
     assert counts["attack_student"] == (20 + 20 + 4) * 5
     assert counts["corrupt_labels"] == 5 * 2
+    # Logits tables: the teachers of Hinton, SR, MC and Noisy Teacher cells -- plain and the 5
+    # label-corruption kinds per dataset; the dropout teachers of FT and those of AT/SP/RKD/feature
+    # mimicry (features, not only logits) are run live.
+    assert counts["teacher_logits"] == 6 * 2
     assert counts["prepare_dataset"] == 2 and counts["prepare_ood"] == 1 and counts["prepare_corruptions"] == 1
     assert counts["table"] == len(report_names(Plan(load_config(ROOT / "config.yaml")), "table")) == 9
     assert counts["figure"] == 4
@@ -67,6 +71,16 @@ def test_plan_agrees_with_the_dag():
     # Every cell of every table is trained for every student seed.
     for d, c, _ in plan.student_runs():
         assert plan.cell(d, c).name == c
+    cached = {c.method for d in plan.datasets() for c in plan.cells(d).values() if plan.uses_teacher_logits(c)}
+    assert cached == {"hinton", "sr", "mc", "noisy_teacher", "noisy_teacher_kl"}
+
+
+def test_cache_teacher_logits_off_runs_every_teacher_live():
+    config = load_config(ROOT / "config.yaml")
+    config["train"]["cache_teacher_logits"] = False
+    plan = Plan(config)
+    assert plan.logit_teachers() == []
+    assert not any(plan.uses_teacher_logits(c) for d in plan.datasets() for c in plan.cells(d).values())
 
 
 @pytest.mark.parametrize("target", sorted(REPORTS))
