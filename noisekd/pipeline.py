@@ -191,6 +191,7 @@ def train_students(plan: Plan, dataset: str, cell_name: str, seeds: list[int], i
         teacher_seed = json.loads(Path(inputs["best"]).read_text())["seed"]
         precision, _ = resolve_numerics(plan.train_config(seeds[0], cell), device)
         cached, ident = teacher_logits.load(inputs["teacher_logits"], train, aug, precision, train.num_classes)
+        cached = cached.to(device)  # once: the seeds trained side by side share it
         if ident.get("teacher_seed") != teacher_seed:
             raise NoiseKDError(f"teacher logits {inputs['teacher_logits']} are of teacher seed "
                                f"{ident.get('teacher_seed')}, {inputs['best']} selects seed {teacher_seed}")
