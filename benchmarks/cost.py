@@ -1,14 +1,17 @@
 """Whole-paper cost: measured step rates x the DAG's job counts -> GPU-hours.
 
-    python -m benchmarks.cost --device cuda [--config config.yaml ...] [--from-records]
+    python -m benchmarks.cost --device cuda [--config config.yaml ...] [--from-records [RECORDS.jsonl]]
 
 Measures on this device (or, with ``--from-records``, reads the newest ``train_step``, ``pgd`` and
-``concurrency`` records for it under results/benchmarks/):
+``concurrency`` records for it under results/benchmarks/, or in a JSON-lines file of records such as
+benchmarks/records/h100-2026-11-22.jsonl):
 - training images/s of the teacher (WRN-40-2), the student alone (WRN-16-2), the KD step (both) and
   the KD step with the teacher's logits looked up (`kd_cached`), through `noisekd.train.fit`, as
   `benchmarks.train_step` does, and each one's first-epoch warm-up; the build rate of a teacher's
   logits table (images x crop/flip variants per second);
 - inference images/s of the student (clean, OOD and the 19 x 5 corruption sets are forwards);
+- (records only) the KD step with nothing compiled (`--ablation no_compile`), for the Fickle Teacher
+  cells, whose dropout teacher runs eager;
 - PGD (sample x restart x step)/s of the student, every pair running all its steps (early stop off,
   so the attack cost is an upper bound: on trained models fooled pairs drop out early);
 - (records only) the gain of runs side by side in threads, from `benchmarks.concurrency`.
@@ -32,6 +35,7 @@ import torch
 
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit
 from noisekd.config import load_config
+from noisekd.methods import get_method
 from noisekd.data import Augmentation, augmentation_variants
 from noisekd.plan import Plan
 
@@ -57,11 +61,17 @@ def measure(device: torch.device, n: int, batch_size: int, settings: dict) -> di
 
 
 def from_records(device: torch.device, out_dir: Path) -> dict:
+    if out_dir.is_file():  # a JSON-lines file of records, e.g. benchmarks/records/*.jsonl
+        records = [json.loads(line) for line in out_dir.read_text().splitlines() if line.strip()]
+    else:
+        records = [json.loads(p.read_text()) for p in out_dir.glob(f"*-{str(device).replace(':', '')}-*.json")]
+    records.sort(key=lambda r: r.get("date", ""), reverse=True)
+
     def newest(name, keys, where=lambda r: True):
         """The newest full-size record of benchmark `name` on this device that has all `keys`."""
-        for path in sorted(out_dir.glob(f"{name}-{str(device).replace(':', '')}-*.json"), reverse=True):
-            record = json.loads(path.read_text())
-            if not record.get("quick") and all(record.get(k) for k in keys) and where(record):
+        for record in records:
+            if (record.get("benchmark") == name and record.get("device") == str(device) and not record.get("quick")
+                    and all(record.get(k) for k in keys) and where(record)):
                 return record
         return None
 
@@ -96,6 +106,12 @@ def _rates_of(ts: dict) -> dict:
                          for role in roles}
     if "kd_cached" in roles:
         rates["teacher_table"] = ts["kd_cached"]["teacher_table"]["images_per_s"]
+    # A Fickle Teacher's dropout teacher is not compiled (its seeded dropout is left eager): its
+    # cells count at the KD step with nothing compiled where the ablation measured it, an upper bound.
+    eager = (ts.get("ablation") or {}).get("no_compile", {}).get("images_per_s")
+    if ts.get("settings", {}).get("compile") and eager:
+        rates["kd_fickle"] = eager
+        rates["warmup_s"]["kd_fickle"] = rates["warmup_s"]["kd"]
     return rates
 
 
@@ -142,6 +158,8 @@ def estimate(plan: Plan, rates: dict) -> dict:
             role = "kd" if cell.teacher_kind else "student"
             if cached_rate and plan.uses_teacher_logits(cell):
                 role = "kd_cached"
+            elif "kd_fickle" in rates and get_method(cell.method).fickle_teacher:
+                role = "kd_fickle"
             epochs = sum(plan.train_config(s, cell).epochs for s in seeds)
             seconds["students"] += epochs * train / (rates[role] * gain(len(seeds), role)) + rates["warmup_s"][role]
             jobs["students"] += 1
@@ -162,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--config", action="append", default=None, help="config.yaml, then presets (repeatable)")
-    parser.add_argument("--from-records", action="store_true", help="use the newest benchmark records, measure nothing")
+    parser.add_argument("--from-records", nargs="?", const="", default=None, metavar="RECORDS",
+                        help="use the newest benchmark records (under --out-dir, or this .jsonl), measure nothing")
     parser.add_argument("--n", type=int, default=None, help="images per measurement (default cuda 50000, cpu 256)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--budget-hours", type=float, default=48.0, help="the target the total is compared with")
@@ -172,8 +191,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     configs = args.config or ["config.yaml"]
     plan = Plan(load_config(*configs))
-    if args.from_records:
-        rates = from_records(device, Path(args.out_dir))
+    if args.from_records is not None:
+        rates = from_records(device, Path(args.from_records or args.out_dir))
     else:
         speed = ("precision", "channels_last", "cuda_graphs", "teacher_stream", "compile")
         settings = {k: v for k, v in plan.config["train"].items() if k in speed}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -157,6 +158,7 @@ def train_teachers(plan: Plan, dataset: str, kind: str, seeds: list[int], inputs
                    threads: int) -> None:
     """Every seed of one teacher kind, side by side on one GPU (one after another on a CPU)."""
     torch.set_num_threads(threads)
+    share_compile_cache(plan)
     device = resolve_device(plan.config.get("device"))
     train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels")).to(device)
     mean, std = _normalisation(train)
@@ -179,6 +181,7 @@ def train_students(plan: Plan, dataset: str, cell_name: str, seeds: list[int], i
                    threads: int) -> None:
     """Every seed of one student cell, side by side on one GPU (one after another on a CPU)."""
     torch.set_num_threads(threads)
+    share_compile_cache(plan)
     cell = plan.cell(dataset, cell_name)
     method = get_method(cell.method)
     params = plan.method_params(cell)
@@ -214,6 +217,14 @@ def train_students(plan: Plan, dataset: str, cell_name: str, seeds: list[int], i
         _finish_run(result, out, extra={"teacher_seed": teacher_seed})
 
     _train_side_by_side(run, seeds, outs, device)
+
+
+def share_compile_cache(plan: Plan) -> None:
+    """With train.compile, torch.compile's caches go to `<results_dir>/.cache/torchinductor` (unless
+    TORCHINDUCTOR_CACHE_DIR says otherwise), so every later job of the same networks and shapes, on any
+    node that shares the folder, reuses the kernels that the first one compiled."""
+    if plan.config["train"].get("compile"):
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(plan.results).resolve() / ".cache" / "torchinductor"))
 
 
 def _train_side_by_side(run, seeds: list[int], outs: list[dict], device) -> None:

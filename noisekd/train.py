@@ -30,6 +30,7 @@ from .data import Augmentation, DeviceSampler, ImageData, augmentation_variants,
 from .io import NoiseKDError, load_torch, save_torch_atomic
 from .methods import Method, MethodParams
 from .models import WideResNet, WRNSpec, fold_batchnorm
+from .teacher_logits import cacheable
 
 CHECKPOINT_VERSION = 1
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -359,8 +360,6 @@ def fit(
     if method.teacher and teacher is None and teacher_logits is None:
         raise NoiseKDError(f"method {method.name} needs a teacher checkpoint")
     if teacher_logits is not None:
-        from .teacher_logits import cacheable
-
         if not cacheable(method, params):
             raise NoiseKDError(f"method {method.name} cannot use cached teacher logits (its teacher gives features "
                                "or keeps dropout active)")

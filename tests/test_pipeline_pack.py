@@ -3,7 +3,9 @@ GPU, one after another on a CPU).  A seed's result must not depend on the others
 and a job stopped by SIGTERM must resume every seed on its retry."""
 
 import json
+import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ import torch
 import noisekd.data
 from noisekd.config import load_config
 from noisekd.io import NoiseKDError
-from noisekd.pipeline import compute_teacher_logits, prepare_dataset, select_teacher, train_students, train_teachers
+from noisekd.pipeline import (compute_teacher_logits, prepare_dataset, select_teacher, share_compile_cache,
+                              train_students, train_teachers)
 from noisekd.plan import Plan
 
 from test_workflow import ROOT
@@ -117,3 +120,15 @@ def test_students_of_a_logits_table_train_like_students_of_the_live_teacher(setu
     with pytest.raises(NoiseKDError, match="are of teacher seed"):
         train_students(plan, "digits", "hinton", [0], {"train": data["train"], "best": str(other),
                                                        "teacher_logits": str(table)}, _outs(tmp_path / "x", [0]), 1)
+
+
+def test_compiling_jobs_share_torch_compile_caches_under_the_results_folder(setup, monkeypatch):
+    plan, _ = setup
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    share_compile_cache(Plan({**plan.config, "train": {**plan.config["train"], "compile": False}}))
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    share_compile_cache(Plan({**plan.config, "train": {**plan.config["train"], "compile": True}}))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(Path(plan.results).resolve() / ".cache" / "torchinductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # the user's choice wins
+    share_compile_cache(Plan({**plan.config, "train": {**plan.config["train"], "compile": True}}))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"

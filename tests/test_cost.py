@@ -1,0 +1,38 @@
+"""The whole-paper cost estimate (benchmarks.cost) against hand counts from config.yaml."""
+
+import pytest
+
+from benchmarks.cost import estimate
+from noisekd.config import load_config
+from noisekd.plan import Plan
+
+from test_workflow import ROOT
+
+RATES = {"teacher": 1000.0, "student": 4000.0, "kd": 2000.0, "inference": 1e12, "pgd_row_steps": 1e12,
+         "warmup_s": {"teacher": 0.0, "student": 0.0, "kd": 0.0, "kd_cached": 0.0}}
+
+
+def test_cached_cells_count_at_the_cached_rate_plus_one_table_per_teacher():
+    plan = Plan(load_config(ROOT / "config.yaml"))
+    live = estimate(plan, RATES)
+    cached = estimate(plan, {**RATES, "kd_cached": 4000.0, "teacher_table": 1000.0})
+    # Tables: plain + 5 label-corruption teachers per dataset; CIFAR-10 50 000 images x 162 crops/flips,
+    # SVHN 73 257 x 81 (no flips).
+    assert cached["jobs"]["teacher_logits"] == 12 and live["jobs"]["teacher_logits"] == 0
+    assert cached["seconds"]["teacher_logits"] == pytest.approx(6 * 50_000 * 162 / 1000 + 6 * 73_257 * 81 / 1000)
+    # Students: the Hinton/SR/MC/Noisy Teacher cells (CIFAR-10 6 + 10 + 30 + 2 = 48, SVHN 6 + 10 + 30 = 46),
+    # 5 seeds x 200 epochs each, move from the kd rate to the kd_cached rate.
+    saved = (48 * 50_000 + 46 * 73_257) * 5 * 200 * (1 / 2000 - 1 / 4000)
+    assert live["seconds"]["students"] - cached["seconds"]["students"] == pytest.approx(saved)
+    assert live["seconds"]["teachers"] == cached["seconds"]["teachers"]
+
+
+def test_fickle_teacher_cells_count_at_their_own_rate_where_measured():
+    plan = Plan(load_config(ROOT / "config.yaml"))
+    base = estimate(plan, RATES)
+    slow = estimate(plan, {**RATES, "kd_fickle": 1000.0, "warmup_s": {**RATES["warmup_s"], "kd_fickle": 0.0}})
+    # FT cells: CIFAR-10 FT-0.1..0.5 (250, 250, 300, 350, 350 epochs) and Table 2's 5 feature+FT cells
+    # ("the same experimental setup as for the original methods": 200 epochs); SVHN FT-0.1..0.5.
+    epochs = {"cifar10": 250 + 250 + 300 + 350 + 350 + 5 * 200, "svhn": 250 + 250 + 300 + 350 + 350}
+    extra = (epochs["cifar10"] * 50_000 + epochs["svhn"] * 73_257) * 5 * (1 / 1000 - 1 / 2000)
+    assert slow["seconds"]["students"] - base["seconds"]["students"] == pytest.approx(extra)
