@@ -126,18 +126,17 @@ def distillation_loss(
             student_input = student_input.clamp(0.0, 1.0)
     want_features = bool(FEATURE_TERMS & terms.keys())
     ctx = StepContext(student_logits=None, targets=targets)  # type: ignore[arg-type]
-    if teacher_logits is not None:
-        if want_features:
+    if TEACHER_TERMS & terms.keys():
+        if teacher_logits is not None and want_features:
             raise NoiseKDError(f"method {method.name} needs the teacher's features, not only its logits")
-        ctx.teacher_logits = teacher_logits
-        if method.perturb_teacher_logits:
-            ctx.teacher_logits = perturb_logits(teacher_logits, params.nt_sigma, params.nt_rate, generator)
-    elif TEACHER_TERMS & terms.keys():
-        if teacher is None:
+        if teacher_logits is None and teacher is None:
             raise NoiseKDError(f"method {method.name} needs a teacher")
         with _side_stream(teacher_stream), torch.no_grad():
-            out = teacher(images, features=want_features)
-            ctx.teacher_logits, ctx.teacher_features = out if want_features else (out, None)
+            if teacher_logits is not None:
+                ctx.teacher_logits = teacher_logits
+            else:
+                out = teacher(images, features=want_features)
+                ctx.teacher_logits, ctx.teacher_features = out if want_features else (out, None)
             if method.perturb_teacher_logits:
                 ctx.teacher_logits = perturb_logits(ctx.teacher_logits, params.nt_sigma, params.nt_rate, generator)
     out = student(student_input, features=want_features)
