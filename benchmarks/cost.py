@@ -5,13 +5,15 @@
 Measures on this device (or, with ``--from-records``, reads the newest ``train_step``, ``pgd`` and
 ``concurrency`` records for it under results/benchmarks/, or in a JSON-lines file of records such as
 benchmarks/records/h100-2026-11-22.jsonl):
-- training images/s of the teacher (WRN-40-2), the student alone (WRN-16-2), the KD step (both) and
-  the KD step with the teacher's logits looked up (`kd_cached`), through `noisekd.train.fit`, as
+- training images/s of the teacher (WRN-40-2; with dropout, `teacher_dropout`, for the Fickle Teacher
+  teachers), the student alone (WRN-16-2), the KD step (both), the Fickle Teacher step (`kd_fickle`)
+  and the KD step with the teacher's logits looked up (`kd_cached`), through `noisekd.train.fit`, as
   `benchmarks.train_step` does, and each one's first-epoch warm-up; the build rate of a teacher's
   logits table (images x crop/flip variants per second);
 - inference images/s of the student (clean, OOD and the 19 x 5 corruption sets are forwards);
-- (records only) the KD step with nothing compiled (`--ablation no_compile`), for the Fickle Teacher
-  cells, whose dropout teacher runs eager;
+- (older records only, without `kd_fickle`: from before a dropout network compiled whole) the KD
+  step with nothing compiled (`--ablation no_compile`) stands in for the Fickle Teacher step, and
+  the plain teacher's for the dropout teachers'; the output's `stand_ins` names every such stand-in;
 - PGD (sample x restart x step)/s of the student, every pair running all its steps (early stop off,
   so the attack cost is an upper bound: on trained models fooled pairs drop out early);
 - (records only) the gain of runs side by side in threads, from `benchmarks.concurrency`.
@@ -34,9 +36,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit
+from benchmarks.train_step import ROLES, inference_rate, synthetic_cifar, time_fit
 from noisekd.config import load_config
-from noisekd.methods import get_method
 from noisekd.data import Augmentation, augmentation_variants
+from noisekd.methods import get_method
 from noisekd.plan import Plan
 
 SIZES = {  # (train, test, ood) images of each real source
@@ -48,11 +51,10 @@ CORRUPTION_SETS = 19 * 5
 
 def measure(device: torch.device, n: int, batch_size: int, settings: dict) -> dict:
     from benchmarks import pgd as pgd_bench
-    from benchmarks.train_step import inference_rate, synthetic_cifar, time_fit
 
     data = synthetic_cifar(n)
     timed = {role: time_fit(data, role, device, batch_size, 2, min(n, 5000), **settings)
-             for role in ("teacher", "student", "kd", "kd_cached")}
+             for role in ROLES}
     rates = _rates_of({**timed, "n": n, "inference_images_per_s": inference_rate(data, device)})
     rec = pgd_bench.main(["--device", str(device), "--n", str(min(n, 10_000 if device.type == "cuda" else 16)),
                           "--out-dir", ""])
@@ -98,7 +100,7 @@ def from_records(device: torch.device, out_dir: Path) -> dict:
 
 
 def _rates_of(ts: dict) -> dict:
-    roles = [r for r in ("teacher", "student", "kd", "kd_cached") if ts.get(r)]
+    roles = [r for r in ROLES if ts.get(r)]
     rates = {role: ts[role]["images_per_s"] for role in roles}
     rates["inference"] = ts["inference_images_per_s"]
     # A job's first epoch also compiles and captures: its extra time over a steady epoch, per role.
@@ -106,12 +108,17 @@ def _rates_of(ts: dict) -> dict:
                          for role in roles}
     if "kd_cached" in roles:
         rates["teacher_table"] = ts["kd_cached"]["teacher_table"]["images_per_s"]
-    # A Fickle Teacher's dropout teacher is not compiled (its seeded dropout is left eager): its
-    # cells count at the KD step with nothing compiled where the ablation measured it, an upper bound.
+    # Records from before dropout networks compiled whole (masks drawn ahead of the forward) lack the
+    # dropout steps: there the Fickle Teacher cells count at the KD step with nothing compiled (their
+    # teacher then ran eager; an upper bound) and the dropout teachers at the plain teacher's rate.
+    rates["stand_ins"] = {}
     eager = (ts.get("ablation") or {}).get("no_compile", {}).get("images_per_s")
-    if ts.get("settings", {}).get("compile") and eager:
+    if "kd_fickle" not in roles and ts.get("settings", {}).get("compile") and eager:
         rates["kd_fickle"] = eager
         rates["warmup_s"]["kd_fickle"] = rates["warmup_s"]["kd"]
+        rates["stand_ins"]["kd_fickle"] = "kd with nothing compiled (ablation no_compile): an upper bound"
+    if "teacher_dropout" not in roles:
+        rates["stand_ins"]["teacher_dropout"] = "teacher (not measured)"
     return rates
 
 
@@ -137,9 +144,10 @@ def estimate(plan: Plan, rates: dict) -> dict:
     for dataset, kinds in plan.teacher_kinds.items():
         train, test, _ = SIZES[plan.dataset_configs[dataset]["source"]]
         seeds = plan.teacher_seeds
-        for _kind in kinds:
+        for kind in kinds.values():
+            role = "teacher_dropout" if kind.dropout > 0 and "teacher_dropout" in rates else "teacher"
             epochs = sum(plan.train_config(s).epochs for s in seeds)
-            seconds["teachers"] += epochs * train / (rates["teacher"] * gain(len(seeds))) + rates["warmup_s"]["teacher"]
+            seconds["teachers"] += epochs * train / (rates[role] * gain(len(seeds))) + rates["warmup_s"][role]
             seconds["teachers"] += len(seeds) * test / rates["inference"]  # selection accuracy
             seconds["evaluation"] += evaluated_images(dataset) / rates["inference"]  # the selected teacher
             jobs["teachers"] += 1

@@ -3,6 +3,10 @@
 # the CUDA tests, then the train-step, PGD, concurrency and whole-paper cost benchmarks.
 #   bash benchmarks/gpu_session.sh [tests|train|profile|autotune|pgd|concurrency|mps|cost ...]
 #   (default: tests train pgd concurrency cost)
+# Under a 10-minute limit per command, run it as three calls: `tests`, `train` (6 step kinds, each
+# compiled, plus the reference and two ablations: ~6-8 min), then `pgd concurrency`.  Append each
+# call's records.jsonl to benchmarks/records/<gpu>-<date>.jsonl; the cost needs no GPU:
+#   python -m benchmarks.cost --device cuda --from-records benchmarks/records/<gpu>-<date>.jsonl
 # Records go to $OUT (default results/benchmarks) as records.jsonl, the full output to $OUT/gpu_session.log.
 set -uo pipefail
 OUT=${OUT:-results/benchmarks}
@@ -13,7 +17,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
-RECORDS=$(mktemp -d)
+RECORDS=$OUT/records
+mkdir -p "$RECORDS"
 steps=${*:-tests train pgd concurrency cost}
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
@@ -23,7 +28,7 @@ steps=${*:-tests train pgd concurrency cost}
         case $step in
             tests) timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_cuda.py tests/test_teacher_logits.py \
                        tests/test_attacks.py::test_cuda_matches_cpu tests/test_train.py tests/test_losses.py tests/test_models.py ;;
-            train) timeout 330 python3 -m benchmarks.train_step --device cuda --compile \
+            train) timeout 540 python3 -m benchmarks.train_step --device cuda --compile \
                        --ablation ${ABLATION:-no_compile,no_teacher_stream} --out-dir "$RECORDS" ;;
             pgd) timeout 120 python3 -m benchmarks.pgd --device cuda --n 10000 --out-dir "$RECORDS" ;;
             profile) timeout 120 python3 -m benchmarks.profile_step --steps 20 ;;
@@ -41,7 +46,7 @@ steps=${*:-tests train pgd concurrency cost}
         esac
         echo "=== $step exit $? $(date +%T)"
     done
-} 2>&1 | tee "$OUT/gpu_session.log"
+} 2>&1 | tee -a "$OUT/gpu_session.log"
 python3 -c "import json,sys; [print(json.dumps(json.load(open(f)))) for f in sorted(sys.argv[1:])]" \
     "$RECORDS"/*.json > "$OUT/records.jsonl"
 echo "records: $(wc -l < "$OUT/records.jsonl") in $OUT/records.jsonl"

@@ -2,11 +2,13 @@
 
     python -m benchmarks.train_step --device {cpu,cuda} [--quick] [--ablation]
 
-Four steps, each timed through `noisekd.train.fit` (the code the workflow runs) on the same synthetic
-CIFAR-sized uint8 data (seeded, class-dependent, so the loss is a real one): the teacher step (WRN-40-2,
-cross-entropy), the student step (WRN-16-2), the KD step (WRN-40-2 -> WRN-16-2, Hinton KD) and the KD
-step as the workflow runs it for Hinton/SR/MC/Noisy Teacher students (`kd_cached`: the teacher's logits
-looked up in its table of every image x crop/flip, `noisekd.teacher_logits`).  Building that table is
+Six steps (`ROLES`), each timed through `noisekd.train.fit` (the code the workflow runs) on the same
+synthetic CIFAR-sized uint8 data (seeded, class-dependent, so the loss is a real one): the teacher step
+(WRN-40-2, cross-entropy), the same with dropout 0.3 (`teacher_dropout`, as the Fickle Teacher teachers
+train), the student step (WRN-16-2), the KD step (WRN-40-2 -> WRN-16-2, Hinton KD), the Fickle Teacher
+step (`kd_fickle`: dropout 0.4 kept active in the teacher) and the KD step as the workflow runs it for
+Hinton/SR/MC/Noisy Teacher students (`kd_cached`: the teacher's logits looked up in its table of every
+image x crop/flip, `noisekd.teacher_logits`).  Building that table is
 timed too (`teacher_table`: images x variants per second, on the first `--table-n` images; the table
 is tiled to N rows for the timed fit, which costs the same per step as the real one).  `fit` runs
 two epochs (`--epochs`) over N images; the first warms up (allocator, cuDNN, CUDA-graph capture,
@@ -86,16 +88,29 @@ def teacher_table(data: ImageData, device: torch.device, config: TrainConfig, ta
     return table.repeat(reps, 1, 1)[: len(data)], rate
 
 
+# role -> (method, its parameters, the trained network and its dropout); kd_cached looks its teacher up
+ROLES = {
+    "teacher": ("baseline", MethodParams(), TEACHER, 0.0),
+    "teacher_dropout": ("baseline", MethodParams(), TEACHER, 0.3),
+    "student": ("baseline", MethodParams(), STUDENT, 0.0),
+    "kd": ("hinton", MethodParams(), STUDENT, 0.0),
+    "kd_fickle": ("ft", MethodParams(dropout=0.4), STUDENT, 0.0),
+    "kd_cached": ("hinton", MethodParams(), STUDENT, 0.0),
+}
+
+
 def time_fit(data: ImageData, role: str, device: torch.device, batch_size: int, epochs: int = 2,
              table_n: int | None = None, **overrides) -> dict:
-    """images/s of `fit` for one role (teacher, student, kd or kd_cached) over the epochs after the first."""
+    """images/s of `fit` for one of the `ROLES` over the epochs after the first."""
     config = TrainConfig(epochs=epochs, milestones=(), batch_size=batch_size, seed=0, **overrides)
-    method = get_method("hinton" if role.startswith("kd") else "baseline")
-    teacher = build_model(_spec(TEACHER), 1) if role == "kd" else None
+    method_name, params, network, dropout = ROLES[role]
+    method = get_method(method_name)
+    live_teacher = method.teacher and role != "kd_cached"
+    teacher = build_model(_spec(TEACHER, params.dropout), 1) if live_teacher else None
     table, table_rate = teacher_table(data, device, config, table_n or len(data)) if role == "kd_cached" else (None, None)
-    model = build_model(_spec(TEACHER if role == "teacher" else STUDENT), 0)
+    model = build_model(_spec(network, dropout), 0)
     t0 = time.perf_counter()
-    result = fit(model, data, config, method, MethodParams(), teacher=teacher, augmentation=Augmentation(),
+    result = fit(model, data, config, method, params, teacher=teacher, augmentation=Augmentation(),
                  device=device, log=lambda line: None, teacher_logits=table)
     total = time.perf_counter() - t0
     history = result.summary["history"]
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--ablation", nargs="?", const="all", default=None,
                         help=f"also time the KD step with other speed settings: all or some of {','.join(ABLATIONS)}")
-    parser.add_argument("--roles", default="teacher,student,kd,kd_cached", help="which fit steps to time")
+    parser.add_argument("--roles", default=",".join(ROLES), help=f"which fit steps to time (of {','.join(ROLES)})")
     parser.add_argument("--table-n", type=int, default=None,
                         help="images whose teacher-logits table is built and timed (default cuda 5000, cpu 16)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference loop")
@@ -257,6 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "paper config runs on CUDA (the ablation's no_compile turns it off)")
     args = parser.parse_args(argv)
 
+    unknown = set(args.roles.split(",")) - set(ROLES)
+    if unknown:
+        parser.error(f"--roles: unknown {', '.join(sorted(unknown))} (known: {', '.join(ROLES)})")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = {"compile": args.compile}  # TrainConfig settings of every timed fit

@@ -11,7 +11,10 @@ attacks and input noise work in pixel space and a checkpoint carries its own pre
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -37,7 +40,10 @@ class SeededDropout(nn.Module):
     """Dropout whose mask comes from an explicit generator, so a run can seed and checkpoint it.
 
     `generator` is assigned by the trainer; without one the global generator is used (as nn.Dropout
-    would).  The mask is drawn in one fused bernoulli_ call, no Python work per element.
+    would).  By default each forward draws its own mask in one fused bernoulli_ call.  In a network
+    armed with `WideResNet.draw_dropout_ahead`, the layer reads `keep` instead, its part of one mask
+    buffer that `WideResNet.draw_dropout` fills for the whole network before the forward: the forward
+    then holds no random op, so torch.compile traces it whole (a generator argument breaks its graph).
     """
 
     def __init__(self, p: float):
@@ -46,11 +52,15 @@ class SeededDropout(nn.Module):
             raise ValueError(f"dropout rate must be in [0, 1), got {p}")
         self.p = p
         self.generator: torch.Generator | None = None
+        self.register_buffer("keep", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        if self.keep is None:
+            keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+        else:
+            keep = self.keep[: x.shape[0]]  # drawn for the full batch; a last, smaller batch uses a prefix
         return x * keep / (1.0 - self.p)
 
     def extra_repr(self) -> str:
@@ -159,10 +169,61 @@ class WideResNet(nn.Module):
     def dropout_modules(self) -> list[SeededDropout]:
         return [m for m in self.modules() if isinstance(m, SeededDropout)]
 
+    def draw_dropout_ahead(self, batch_size: int, image_size: tuple[int, int], generator: torch.Generator,
+                           channels_last: bool = False) -> None:
+        """Arm the dropout layers to read masks drawn ahead of each forward by `draw_dropout`, from
+        `generator`, for batches of up to `batch_size` images of `image_size` (height, width).  One
+        bool buffer on the model's device holds every layer's mask (in the activations' memory
+        format), so a step draws all of them in a single call.  Arm after moving the model; undo with
+        `stop_drawing_dropout_ahead`."""
+        layers, shapes = [], []
+        for block in self.modules():  # in forward order
+            if isinstance(block, BasicBlock):
+                conv = block.conv1  # the dropout sees conv1's output, through bn2 and its ReLU
+                image_size = tuple((size + 2 * pad - kernel) // stride + 1 for size, pad, kernel, stride
+                                   in zip(image_size, conv.padding, conv.kernel_size, conv.stride))
+                if block.dropout.p > 0:
+                    layers.append(block.dropout)
+                    shapes.append((batch_size, conv.out_channels, *image_size))
+        if not layers:
+            return
+        flat = torch.empty(sum(math.prod(s) for s in shapes), dtype=torch.bool, device=self.stem.weight.device)
+        self.register_buffer("dropout_keep", flat, persistent=False)
+        offset = 0
+        for layer, (b, c, h, w) in zip(layers, shapes):
+            view = flat[offset : offset + b * c * h * w]
+            layer.keep = view.view(b, h, w, c).permute(0, 3, 1, 2) if channels_last else view.view(b, c, h, w)
+            offset += b * c * h * w
+        self.dropout_generator, self.dropout_keep_p = generator, 1.0 - layers[0].p
+
+    def stop_drawing_dropout_ahead(self) -> None:
+        for layer in self.dropout_modules():
+            layer.keep = None
+        self.dropout_keep = None
+
+    def draw_dropout(self) -> None:
+        """Draw the masks of the next forward, all in one call; nothing unless armed and training."""
+        keep = getattr(self, "dropout_keep", None)
+        if keep is not None and any(layer.training for layer in self.dropout_modules()):
+            keep.bernoulli_(self.dropout_keep_p, generator=self.dropout_generator)
+
     def train(self, mode: bool = True) -> "WideResNet":
         if mode and getattr(self, "inference_only", False):
             raise RuntimeError(f"this {self.spec.name} has its BatchNorm folded for inference and cannot be trained")
         return super().train(mode)
+
+
+@contextlib.contextmanager
+def dropout_drawn_ahead(nets: Sequence[WideResNet], batch_size: int, image_size: tuple[int, int],
+                        generator: torch.Generator, channels_last: bool = False) -> Iterator[None]:
+    """Within the block, `nets` draw their dropout masks ahead of each forward (`draw_dropout`)."""
+    for net in nets:
+        net.draw_dropout_ahead(batch_size, image_size, generator, channels_last)
+    try:
+        yield
+    finally:
+        for net in nets:
+            net.stop_drawing_dropout_ahead()
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from . import losses
 from .data import Augmentation, DeviceSampler, ImageData, augmentation_variants, random_relabel, to_float
 from .io import NoiseKDError, load_torch, save_torch_atomic
 from .methods import Method, MethodParams
-from .models import WideResNet, WRNSpec, fold_batchnorm
+from .models import WideResNet, WRNSpec, dropout_drawn_ahead, fold_batchnorm
 from .teacher_logits import cacheable
 
 CHECKPOINT_VERSION = 1
@@ -106,8 +106,9 @@ def distillation_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The one training objective: (loss, student logits) for a batch of float images in [0, 1].
 
-    Draw order from `generator` (fixed, for determinism): targets, input noise, logit noise; dropout
-    masks are drawn by the networks' SeededDropout modules during the forward passes.
+    Draw order from `generator` (fixed, for determinism): targets, input noise, the teacher's dropout
+    masks, logit noise, the student's dropout masks (masks drawn ahead of each forward, all at once,
+    where `fit` armed the network, else by each dropout layer during the forward).
 
     With a `teacher_stream` (CUDA), the teacher's forward runs on it, side by side with the student's
     forward, and joins before the loss.  Random draws are reserved in launch order on the host, so the
@@ -135,10 +136,12 @@ def distillation_loss(
             if teacher_logits is not None:
                 ctx.teacher_logits = teacher_logits
             else:
+                teacher.draw_dropout()
                 out = teacher(images, features=want_features)
                 ctx.teacher_logits, ctx.teacher_features = out if want_features else (out, None)
             if method.perturb_teacher_logits:
                 ctx.teacher_logits = perturb_logits(ctx.teacher_logits, params.nt_sigma, params.nt_rate, generator)
+    student.draw_dropout()
     out = student(student_input, features=want_features)
     ctx.student_logits, ctx.student_features = out if want_features else (out, None)
     if teacher_stream is not None:
@@ -388,8 +391,6 @@ def fit(
         teacher_logits = teacher_logits.to(device)
 
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    for module in student.dropout_modules() + (teacher.dropout_modules() if teacher is not None else []):
-        module.generator = generator
     optimizer = torch.optim.SGD(
         student.parameters(),
         lr=config.lr,
@@ -452,12 +453,13 @@ def fit(
         )
 
     # Compiled forwards are used inside this loop only; the returned model stays a plain module.
-    # A teacher with active dropout is left eager: its seeded dropout would break the compiled graph.
+    # Dropout masks are drawn ahead of each forward (`dropout_drawn_ahead` below), so dropout
+    # networks compile whole too.
     student_fn, teacher_fn = student, teacher
     compiled = config.compile and device.type == "cuda"
     if compiled:
         student_fn = torch.compile(student, dynamic=False)
-        if teacher is not None and not (method.fickle_teacher and teacher.spec.dropout > 0):
+        if teacher is not None:
             teacher_fn = torch.compile(teacher, dynamic=False)
 
     teacher_stream = (
@@ -505,7 +507,9 @@ def fit(
         f"{', CUDA graphs' if graphed else ''}{', compiled' if compiled else ''}"
         f"{', cached teacher logits' if teacher_logits is not None else ''}, seed {config.seed}"
     )
-    with stop_on_signals():
+    nets = [net for net in (student, teacher) if net is not None]
+    image_size = tuple(data.images.shape[-2:])  # crops keep the size
+    with stop_on_signals(), dropout_drawn_ahead(nets, config.batch_size, image_size, generator, channels_last):
         for epoch in range(start_epoch, config.epochs):
             lr = config.lr_at(epoch)
             for group in optimizer.param_groups:

@@ -36,3 +36,30 @@ def test_fickle_teacher_cells_count_at_their_own_rate_where_measured():
     epochs = {"cifar10": 250 + 250 + 300 + 350 + 350 + 5 * 200, "svhn": 250 + 250 + 300 + 350 + 350}
     extra = (epochs["cifar10"] * 50_000 + epochs["svhn"] * 73_257) * 5 * (1 / 1000 - 1 / 2000)
     assert slow["seconds"]["students"] - base["seconds"]["students"] == pytest.approx(extra)
+
+
+def test_dropout_teachers_count_at_their_own_rate_where_measured():
+    plan = Plan(load_config(ROOT / "config.yaml"))
+    base = estimate(plan, RATES)
+    slow = estimate(plan, {**RATES, "teacher_dropout": 500.0, "warmup_s": {**RATES["warmup_s"], "teacher_dropout": 0.0}})
+    # Dropout teachers: 0.1..0.5 on CIFAR-10 and on SVHN, 5 seeds x 200 epochs each.
+    extra = 5 * (50_000 + 73_257) * 5 * 200 * (1 / 500 - 1 / 1000)
+    assert slow["seconds"]["teachers"] - base["seconds"]["teachers"] == pytest.approx(extra)
+
+
+def _record(**roles):
+    step = {"images_per_s": 1000.0, "first_epoch_s": 1.0}
+    return {"n": 500, "inference_images_per_s": 1e4, "settings": {"compile": True},
+            "ablation": {"no_compile": {"images_per_s": 700.0}},
+            **{r: dict(step) for r in ("teacher", "student", "kd")}, **roles}
+
+
+def test_records_without_the_dropout_steps_name_their_stand_ins():
+    from benchmarks.cost import _rates_of
+
+    old = _rates_of(_record())
+    assert old["kd_fickle"] == 700.0 and set(old["stand_ins"]) == {"kd_fickle", "teacher_dropout"}
+    assert "teacher_dropout" not in old  # counted at the teacher's rate
+    step = {"images_per_s": 900.0, "first_epoch_s": 1.0}
+    new = _rates_of(_record(kd_fickle=dict(step), teacher_dropout=dict(step)))
+    assert new["kd_fickle"] == new["teacher_dropout"] == 900.0 and new["stand_ins"] == {}

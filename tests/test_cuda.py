@@ -76,11 +76,26 @@ def test_same_seed_same_result_on_cuda():
     assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
 
 
-def test_compiled_step_trains():
-    compiled = _fit("hinton", MethodParams(), compile=True)
-    eager = _fit("hinton", MethodParams())
+@pytest.mark.parametrize("method,params", [("hinton", MethodParams()), CASES[0]], ids=["hinton", "ft"])
+def test_compiled_step_trains(method, params):
+    """Fickle Teacher too: its dropout teacher compiles whole (masks drawn ahead), same draws as eager."""
+    compiled = _fit(method, params, compile=True)
+    eager = _fit(method, params)
+    assert compiled.summary["compiled"]
     for a, b in zip(compiled.summary["history"], eager.summary["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
+
+
+def test_compiled_dropout_network_trains_without_graph_breaks():
+    """A teacher trained with dropout (the FT teachers): one graph per compiled forward."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    config = TrainConfig(epochs=2, milestones=(), batch_size=32, seed=3, compile=True)
+    fit(build_model(WRNSpec(10, 1, dropout=0.3), 1), _data(), config, get_method("baseline"), MethodParams(),
+        augmentation=Augmentation(crop_padding=2, hflip=True), device="cuda", log=lambda s: None)
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
 
 
 @pytest.mark.parametrize("method,params", [CASES[0], CASES[3], CASES[4]], ids=["ft", "noisy_teacher", "at+hinton"])

@@ -26,6 +26,9 @@ class Spy(torch.nn.Module):
         self.inputs.append(x.detach().clone())
         return self.net(x, features=features)
 
+    def draw_dropout(self):
+        self.net.draw_dropout()
+
 
 def _nets(dropout=0.0):
     teacher = build_model(WRNSpec(10, 2, dropout=dropout), 0)

@@ -119,3 +119,94 @@ def test_folded_batchnorm_computes_the_same_function_in_eval_mode():
         d.train(True)
     with torch.no_grad():
         assert not torch.equal(folded(x), logits)
+
+
+def _armed(channels_last=False, batch=6, size=(9, 7)):
+    """A WRN-10-1 with dropout 0.5 drawing its masks ahead, for `batch` images of `size`."""
+    model = build_model(WRNSpec(10, 1, dropout=0.5), 0).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.draw_dropout_ahead(batch, size, torch.Generator().manual_seed(0), channels_last)
+    return model
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_masks_drawn_ahead_fit_every_dropout_layer_and_are_dropout(channels_last):
+    model = _armed(channels_last)
+    x = torch.rand(6, 3, 9, 7)  # odd sizes: the stride-2 convolutions round up
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    seen = []
+    for layer in model.dropout_modules():
+        layer.register_forward_hook(lambda m, inp, out: seen.append((inp[0], m.keep, out)))
+    model.draw_dropout()
+    with torch.no_grad():
+        a = model(x)
+        b = model(x)  # no new draw: the same masks
+    assert torch.equal(a, b) and len(seen) == 2 * 3
+    for inp, keep, out in seen:
+        assert keep.shape == inp.shape and keep.stride() == inp.stride()
+        torch.testing.assert_close(out, inp * keep * 2.0)
+    assert 0.45 < model.dropout_keep.float().mean() < 0.55
+    assert model.dropout_keep.numel() == sum(inp.numel() for inp, _, _ in seen[:3])
+    model.draw_dropout()
+    with torch.no_grad():
+        assert not torch.equal(model(x), a)  # a fresh draw
+        assert model(x[:4]).shape == (4, 10)  # a smaller last batch reads a prefix of the masks
+
+
+def test_masks_drawn_ahead_replay_from_the_seed_and_disarm():
+    outputs = []
+    for _ in range(2):
+        model = _armed()
+        model.draw_dropout()
+        model.draw_dropout()
+        with torch.no_grad():
+            outputs.append(model(torch.ones(6, 3, 9, 7)))
+    assert torch.equal(*outputs)
+    model.eval().draw_dropout()  # in eval mode nothing is drawn
+    keep = model.dropout_keep.clone()
+    model.train()
+    model.stop_drawing_dropout_ahead()
+    assert model.dropout_keep is None and all(layer.keep is None for layer in model.dropout_modules())
+    assert "dropout_keep" not in model.state_dict()
+    model.draw_dropout()  # unarmed: a no-op, each layer draws in its forward again
+    assert model(torch.ones(6, 3, 9, 7)).shape == (6, 10) and keep.any()
+
+
+def test_masks_drawn_ahead_let_torch_compile_trace_the_dropout_network_whole():
+    import torch._dynamo
+
+    x = torch.rand(6, 3, 9, 7)
+    unarmed = wide_resnet(10, 1, dropout=0.5).train()
+    for layer in unarmed.dropout_modules():
+        layer.generator = torch.Generator().manual_seed(0)
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(unarmed)(x).graph_break_count > 0  # a generator argument breaks the graph
+    model = _armed()
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_dropout_network_reads_masks_drawn_ahead_at_every_call(backend):
+    """The masks are an input of the compiled graph, read at every call, not a constant baked in."""
+    import torch._dynamo
+
+    x = torch.rand(6, 3, 9, 7)
+    model = _armed()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    for _ in range(2):
+        model.draw_dropout()
+        out = compiled(x)
+        out.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        ref = model(x)
+        ref.square().sum().backward()
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        for g, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-3, atol=1e-4)
+        model.zero_grad()
+    torch._dynamo.reset()

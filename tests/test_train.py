@@ -167,3 +167,19 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     raw.write_bytes(pickle.dumps(_Evil()))
     with pytest.raises(NoiseKDError, match="raw.pt"):
         load_model(raw)
+
+
+def test_dropout_masks_are_drawn_ahead_during_fit_and_the_models_come_back_unarmed():
+    teacher = build_model(WRNSpec(10, 1, dropout=0.3), 0)
+    student = build_model(WRNSpec(10, 1, dropout=0.1), 1)
+    armed = {"teacher": [], "student": []}
+    for name, net in (("teacher", teacher), ("student", student)):
+        for layer in net.dropout_modules():  # hooks travel into fit's folded copy of the teacher
+            layer.register_forward_pre_hook(lambda m, inp, name=name: armed[name].append(
+                m.keep is not None and m.keep.shape[1:] == inp[0].shape[1:]))
+    data = _data(n=80)  # batches of 32, 32 and 16: the last one reads a prefix of the masks
+    fit(student, data, CFG, get_method("ft"), MethodParams(dropout=0.3), teacher=teacher, augmentation=Augmentation(),
+        device="cpu", log=lambda s: None)
+    assert len(armed["teacher"]) == len(armed["student"]) == 3 * 3 * 3 and all(armed["teacher"] + armed["student"])
+    for net in (teacher, student):
+        assert getattr(net, "dropout_keep", None) is None and all(m.keep is None for m in net.dropout_modules())
