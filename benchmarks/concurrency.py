@@ -1,12 +1,13 @@
 """Does running several training jobs on one GPU at once pay?  k identical KD runs side by side.
 
     python -m benchmarks.concurrency --device cuda [--k 1,2,4] [--n 25000] [--epochs 4] [--mode processes,threads]
-                                     [--role kd|kd_cached] [--compile]
+                                     [--role kd|kd_cached|teacher|...] [--compile]
 
 For each k, starts k processes of ``benchmarks.train_step --roles kd`` at the same moment (the same
 work, so their timed epochs overlap), or k threads of one process each on its own CUDA stream, and
-reports the sum of their KD images/s next to a single run's.  `--role kd_cached` times the KD step as
-the workflow runs Hinton/SR/MC/Noisy Teacher students (teacher logits looked up, no teacher forward).
+reports the sum of their KD images/s next to a single run's.  `--role` picks another step of
+`benchmarks.train_step.ROLES`: e.g. `kd_cached`, the KD step as the workflow runs Hinton/SR/MC/Noisy
+Teacher students (teacher logits looked up, no teacher forward), or `teacher` (WRN-40-2 alone).
 ``gain`` = aggregate images/s at k over images/s at k = 1: above 1 means packing k runs per GPU
 (e.g. the seeds of one cell) would shorten the whole paper.  Without MPS, kernels of different
 processes are time-sliced, so only the launch gaps of each process can be filled.
@@ -23,6 +24,7 @@ import time
 import torch
 
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit
+from benchmarks.train_step import ROLES
 
 
 def run_k(k: int, device: str, n: int, epochs: int, extra: list[str], role: str = "kd") -> dict:
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per run; all but the first are timed")
     parser.add_argument("--mode", default="processes", help="processes, threads, or both (comma-separated)")
     parser.add_argument("--compile", action="store_true", help="every run with train.compile on")
-    parser.add_argument("--role", default="kd", choices=("kd", "kd_cached"),
-                        help="the KD step with the teacher's forward (kd) or its logits looked up (kd_cached)")
+    parser.add_argument("--role", default="kd", choices=tuple(ROLES),
+                        help="the step timed (benchmarks.train_step.ROLES; default the KD step)")
     parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
     args, extra = parser.parse_known_args(argv)
     if args.compile:

@@ -16,7 +16,8 @@ benchmarks/records/h100-2026-11-22.jsonl):
   the plain teacher's for the dropout teachers'; the output's `stand_ins` names every such stand-in;
 - PGD (sample x restart x step)/s of the student, every pair running all its steps (early stop off,
   so the attack cost is an upper bound: on trained models fooled pairs drop out early);
-- (records only) the gain of runs side by side in threads, from `benchmarks.concurrency`.
+- (records only) the gain of runs side by side in threads, from `benchmarks.concurrency`, per step
+  where measured (else the KD step's, named in `stand_ins`).
 Then walks the config's plan as the workflow runs it (`noisekd.plan.Plan`): one job per teacher kind
 and per student cell training its seeds side by side, one warm-up per job, every student seed's
 evaluation and attacks, Table 4's step counts sharing one longest attack, one logits table per
@@ -87,7 +88,7 @@ def from_records(device: torch.device, out_dir: Path) -> dict:
     # Seeds trained side by side: the largest measured group of runs in threads, compiled as configured,
     # per step kind (kd_cached falls back on kd's gain where it was not measured).
     rates["side_by_side"] = {}
-    for role in ("kd", "kd_cached"):
+    for role in ROLES:
         conc = newest("concurrency", ("runs",), lambda r: r.get("compile") == ts.get("settings", {}).get("compile")
                       and r.get("role", "kd") == role)
         best = max((r for r in conc["runs"] if r["mode"] == "threads"), key=lambda r: r["k"], default=None) if conc else None
@@ -95,6 +96,10 @@ def from_records(device: torch.device, out_dir: Path) -> dict:
             rates["side_by_side"][role] = {"k": best["k"],
                                            "gain": round(best["aggregate_images_per_s"] / rates[role], 3)}
             used.append(conc)
+    if "kd" in rates["side_by_side"]:  # steps without their own side-by-side measurement take the KD step's
+        for role in ROLES:
+            if role in rates and role not in rates["side_by_side"]:
+                rates["stand_ins"][f"side_by_side.{role}"] = "kd's gain"
     rates["measured"] = [f"{r['benchmark']} {r['date']} on {r['device_name']}: {r['command']}" for r in used]
     return rates
 
@@ -125,9 +130,9 @@ def _rates_of(ts: dict) -> dict:
 def estimate(plan: Plan, rates: dict) -> dict:
     """GPU seconds per job family for the whole plan, as the workflow runs it: one job per teacher
     kind and per student cell, training its seeds side by side (throughput x `side_by_side[step].gain`,
-    the measured gain of the largest group of KD runs measured -- of kd_cached runs for the cells
-    that look the teacher's logits up, where measured -- applied to jobs with at least that many
-    seeds), plus one warm-up (compilation, graph capture) per job; evaluation and attacks per seed."""
+    the measured gain of the largest group of runs of that step side by side -- of KD runs where that
+    step was not measured so -- applied to jobs with at least that many seeds), plus one warm-up
+    (compilation, graph capture) per job; evaluation and attacks per seed."""
     seconds = {"teachers": 0.0, "teacher_logits": 0.0, "students": 0.0, "evaluation": 0.0, "attacks": 0.0}
     jobs = {k: 0 for k in seconds}
     sides = rates.get("side_by_side") or {}
@@ -147,7 +152,7 @@ def estimate(plan: Plan, rates: dict) -> dict:
         for kind in kinds.values():
             role = "teacher_dropout" if kind.dropout > 0 and "teacher_dropout" in rates else "teacher"
             epochs = sum(plan.train_config(s).epochs for s in seeds)
-            seconds["teachers"] += epochs * train / (rates[role] * gain(len(seeds))) + rates["warmup_s"][role]
+            seconds["teachers"] += epochs * train / (rates[role] * gain(len(seeds), role)) + rates["warmup_s"][role]
             seconds["teachers"] += len(seeds) * test / rates["inference"]  # selection accuracy
             seconds["evaluation"] += evaluated_images(dataset) / rates["inference"]  # the selected teacher
             jobs["teachers"] += 1

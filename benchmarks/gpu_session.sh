@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything that only a GPU can show, in one call on a GPU machine (run from the repository root):
 # the CUDA tests, then the train-step, PGD, concurrency and whole-paper cost benchmarks.
-#   bash benchmarks/gpu_session.sh [tests|train|profile|autotune|pgd|concurrency|mps|cost ...]
-#   (default: tests train pgd concurrency cost)
-# Under a 10-minute limit per command, run it as three calls: `tests`, `train` (6 step kinds, each
-# compiled, plus the reference and two ablations: ~6-8 min), then `pgd concurrency`.  Append each
-# call's records.jsonl to benchmarks/records/<gpu>-<date>.jsonl; the cost needs no GPU:
+#   bash benchmarks/gpu_session.sh [tests|train|profile|autotune|pgd|concurrency|concurrency_teachers|mps|cost ...]
+#   (default: tests train pgd concurrency concurrency_teachers cost)
+# Under a 10-minute limit per command, run it as four calls: `tests`; `train` (6 step kinds, each
+# compiled, plus the reference and two ablations: ~6-8 min); `pgd concurrency`; `concurrency_teachers`
+# (five WRN-40-2 teachers side by side, whose gain the cost otherwise borrows from the KD step's).
+# Append each call's records.jsonl to benchmarks/records/<gpu>-<date>.jsonl; the cost needs no GPU:
 #   python -m benchmarks.cost --device cuda --from-records benchmarks/records/<gpu>-<date>.jsonl
 # Records go to $OUT (default results/benchmarks) as records.jsonl, the full output to $OUT/gpu_session.log.
 set -uo pipefail
@@ -19,7 +20,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 RECORDS=$OUT/records
 mkdir -p "$RECORDS"
-steps=${*:-tests train pgd concurrency cost}
+steps=${*:-tests train pgd concurrency concurrency_teachers cost}
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
@@ -38,6 +39,8 @@ steps=${*:-tests train pgd concurrency cost}
                              --out-dir "$RECORDS"
                          timeout 240 python3 -m benchmarks.concurrency --device cuda --k 1,5 --mode threads --compile \
                              --role kd_cached --out-dir "$RECORDS" ;;
+            concurrency_teachers) timeout 300 python3 -m benchmarks.concurrency --device cuda --k 1,5 --mode threads \
+                             --compile --role teacher --out-dir "$RECORDS" ;;
             mps) if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d; then
                      timeout 120 python3 -m benchmarks.concurrency --device cuda --k 1,2,4 --out-dir "$RECORDS"
                      echo quit | nvidia-cuda-mps-control

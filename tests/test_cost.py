@@ -63,3 +63,31 @@ def test_records_without_the_dropout_steps_name_their_stand_ins():
     step = {"images_per_s": 900.0, "first_epoch_s": 1.0}
     new = _rates_of(_record(kd_fickle=dict(step), teacher_dropout=dict(step)))
     assert new["kd_fickle"] == new["teacher_dropout"] == 900.0 and new["stand_ins"] == {}
+
+
+def test_side_by_side_gains_per_step_and_their_stand_ins(tmp_path):
+    import json
+
+    import torch
+
+    from benchmarks.cost import from_records
+
+    base = {"device": "cuda", "device_name": "GPU", "quick": False, "command": "c"}
+    train = {**base, **_record(), "benchmark": "train_step", "date": "2", "settings": {"compile": True}}
+    pgd = {**base, "benchmark": "pgd", "date": "2", "inference_model": True, "images_per_s": 10.0, "restarts": 5,
+           "steps": 20}
+
+    def side(role, aggregate):
+        return {**base, "benchmark": "concurrency", "date": "3", "compile": True, "role": role,
+                "runs": [{"mode": "threads", "k": 5, "aggregate_images_per_s": aggregate}]}
+
+    records = tmp_path / "records.jsonl"
+    records.write_text("\n".join(json.dumps(r) for r in (train, pgd, side("kd", 1500.0), side("teacher", 1100.0))))
+    rates = from_records(torch.device("cuda"), records)
+    assert rates["side_by_side"] == {"kd": {"k": 5, "gain": 1.5}, "teacher": {"k": 5, "gain": 1.1}}
+    assert rates["stand_ins"]["side_by_side.student"] == "kd's gain"
+    assert "side_by_side.teacher" not in rates["stand_ins"]
+    plan = Plan(load_config(ROOT / "config.yaml"))
+    hours = estimate(plan, rates)["seconds"]["teachers"]
+    plain = estimate(plan, {**rates, "side_by_side": {"kd": {"k": 5, "gain": 1.5}}})["seconds"]["teachers"]
+    assert hours > plain  # the teachers' own, smaller gain
