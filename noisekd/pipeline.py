@@ -191,7 +191,7 @@ def train_students(plan: Plan, dataset: str, cell_name: str, seeds: list[int], i
     aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
     teacher, teacher_seed, cached = None, None, None
     if inputs.get("teacher_logits"):
-        teacher_seed = json.loads(Path(inputs["best"]).read_text())["seed"]
+        teacher_seed = selected_seed(inputs["best"])
         precision, _ = resolve_numerics(plan.train_config(seeds[0], cell), device)
         cached, ident = teacher_logits.load(inputs["teacher_logits"], train, aug, precision, train.num_classes)
         cached = cached.to(device)  # once: the seeds trained side by side share it
@@ -263,9 +263,14 @@ def _finish_run(result, out: dict, extra: dict) -> None:
     log.info("final summary: " + json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
 
 
+def selected_seed(best_path: str) -> int:
+    """The teacher seed that `best_path` (select_teacher's output) selects."""
+    return json.loads(Path(best_path).read_text())["seed"]
+
+
 def best_teacher(best_path: str, models: list[str]) -> tuple[str, int]:
     """(model file, seed) of the teacher that `best_path` (select_teacher's output) selects."""
-    seed = json.loads(Path(best_path).read_text())["seed"]
+    seed = selected_seed(best_path)
     for path in models:
         if Path(path).parent.name == f"seed{seed}":
             return path, seed
