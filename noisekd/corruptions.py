@@ -53,13 +53,14 @@ motion_blur, snow: ImageMagick's MotionBlurImage: a one-sided line kernel of ``2
     (x right, y down), edge-replicated borders, summed in float64; the result is quantised as ImageMagick Q16
     returns it through the script's PNG round trip (rounded to a 16-bit quantum, then ``floor(q / 257)``).
     Angles are uniform in (-45, 45) degrees (snow: (-135, -45)), one per image.
-glass_blur: the script swaps, in one raster scan from the bottom-right corner (rows and columns ``H - d`` down to
-    ``d + 1``), each pixel with the pixel at offset ``(dy, dx)`` from ``randint(-d, d)``, i.e. [-d, d - 1], so
-    pixels drift up / left.  The scan is sequential (a pixel can be carried several steps along a row), so
-    independent parallel swaps would not reproduce it.  Here the same scan runs on the whole batch: for d = 1
-    (every CIFAR severity, and images up to 47x47) one vectorised step per row resolves the within-row chains
-    exactly; for d > 1 a loop over scan positions, vectorised over the batch.  Given the same offsets both
-    reproduce the script's loop exactly (tested), so the output has the script's distribution.
+glass_blur: the script's "swap" line ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy pixel views copies
+    rather than swaps: (h, w) takes the value at (h', w'), which keeps its own (the right-hand side's second view
+    already reads the new value).  In one raster scan from the bottom-right corner (rows and columns ``H - d``
+    down to ``d + 1``), each pixel takes the pixel at offset ``(dy, dx)`` from ``randint(-d, d)``, i.e.
+    [-d, d - 1].  For d = 1 (every CIFAR severity) every source lies up / left of its pixel and is read before
+    the scan reaches it, so one gather over the whole batch is exact; for d > 1 a source can already have been
+    overwritten, and a loop over scan positions, vectorised over the batch, keeps the script's order.  Given the
+    same offsets both reproduce the script's line exactly (tested).
 elastic_transform: cv2.getAffineTransform / warpAffine re-implemented, including OpenCV <= 4.x's fixed-point
     source coordinates (1/32 pixel) and reflect-101 borders (OpenCV 5 dropped the quantisation; the difference
     is at most 3 levels on about 10 % of values); the smoothed displacement field is sampled like
@@ -397,60 +398,26 @@ def _gaussian_blur(x8, sigma, rng):
 
 
 def _glass_shuffle_loop(x: np.ndarray, off: np.ndarray, d: int) -> np.ndarray:
-    """The reference's raster-scan swap loop, batched over images.  off: (n, H, W, 2) integer (dy, dx)."""
+    """The reference's raster-scan loop, batched over images.  off: (n, H, W, 2) integer (dy, dx)."""
     x = x.copy()
     n, h, w = x.shape[:3]
     idx = np.arange(n)
     for r in range(h - d, d, -1):
         for col in range(w - d, d, -1):
-            rp = r + off[:, r, col, 0]
-            cp = col + off[:, r, col, 1]
-            here = x[idx, r, col].copy()
-            x[idx, r, col] = x[idx, rp, cp]
-            x[idx, rp, cp] = here
+            x[idx, r, col] = x[idx, r + off[:, r, col, 0], col + off[:, r, col, 1]]
     return x
 
 
 def _glass_shuffle_d1(x: np.ndarray, off: np.ndarray) -> np.ndarray:
-    """Exactly _glass_shuffle_loop for d = 1 (offsets in {-1, 0}), one vectorised step per scanned row.
-
-    Within a row scanned right to left, a pixel moved left ("L") is visited again next, so values are carried
-    along runs of L moves; moves up ("U") or up-left ("D") go to the row above, which is not scanned yet.
-    For scanned column j with pre-row values P (this row) and Q (row above):
-      cur[j]   = value at (r, j) when visited = P[start of the run of L links ending at j]
-      final[j] = cur[j] (stay) | P[j-1] (L) | Q[j-1] (D) | U: cur[j+1] if column j+1 moved D else Q[j]
-      above[j] = cur[j] if U at j, else cur[j+1] if D at j+1, else Q[j]
-    """
-    x = x.copy()
-    h, w = x.shape[1:3]
-    cols = np.arange(w)
-    scanned = (cols >= 2)[None, :]
-    for r in range(h - 1, 1, -1):
-        dy = off[:, r, :, 0]
-        dx = off[:, r, :, 1]
-        left = scanned & (dy == 0) & (dx == -1)
-        up = scanned & (dy == -1) & (dx == 0)
-        diag = scanned & (dy == -1) & (dx == -1)
-        link = np.zeros_like(left)
-        link[:, :-1] = left[:, 1:]  # the value at j+1 is carried to j
-        start = np.where(link, w, cols[None, :])
-        start = np.minimum.accumulate(start[:, ::-1], axis=1)[:, ::-1]
-        pre = x[:, r]
-        above = x[:, r - 1]
-        cur = np.take_along_axis(pre, start[..., None], axis=1)
-        cur_next = np.concatenate([cur[:, 1:], cur[:, -1:]], axis=1)
-        diag_next = np.zeros_like(diag)
-        diag_next[:, :-1] = diag[:, 1:]
-        pre_prev = np.roll(pre, 1, axis=1)
-        above_prev = np.roll(above, 1, axis=1)
-        pulled_up = np.where(diag_next[..., None], cur_next, above)
-        new_row = np.where(left[..., None], pre_prev, cur)
-        new_row = np.where(up[..., None], pulled_up, new_row)
-        new_row = np.where(diag[..., None], above_prev, new_row)
-        new_above = np.where(up[..., None], cur, pulled_up)
-        x[:, r] = new_row
-        x[:, r - 1] = new_above
-    return x
+    """Exactly _glass_shuffle_loop for d = 1: offsets in {-1, 0} point up / left, to pixels the scan reaches
+    later, so every scanned pixel reads the image as it was before the pass."""
+    out = x.copy()
+    n, h, w = x.shape[:3]
+    rows = np.arange(2, h)[None, :, None]
+    cols = np.arange(2, w)[None, None, :]
+    o = off[:, 2:, 2:]
+    out[:, 2:, 2:] = x[np.arange(n)[:, None, None], rows + o[..., 0], cols + o[..., 1]]
+    return out
 
 
 def _glass_shuffle(x: np.ndarray, off: np.ndarray, d: int) -> np.ndarray:

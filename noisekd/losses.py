@@ -2,10 +2,13 @@
 
 Each function follows the published definition; the references are noted per function.  All of
 them compute in fp32 even under autocast, because softmax/KL with temperature and Gram matrices are
-precision-sensitive.
+precision-sensitive: each runs with autocast off (autocast would recast the matrix products of fp32
+inputs -- Gram matrices, pairwise distances, angles -- to bf16) on inputs cast to fp32.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +18,31 @@ def _fp32(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.float() for t in tensors]
 
 
+def _device_type(args) -> str:
+    for a in args:
+        if isinstance(a, (list, tuple)) and a:
+            a = a[0]
+        if isinstance(a, torch.Tensor):
+            return a.device.type
+    return "cpu"
+
+
+def _autocast_off(loss):
+    """Run `loss` with autocast disabled on its inputs' device."""
+    @functools.wraps(loss)
+    def wrapper(*args, **kwargs):
+        with torch.autocast(_device_type(args), enabled=False):
+            return loss(*args, **kwargs)
+    return wrapper
+
+
+@_autocast_off
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     (logits,) = _fp32(logits)
     return F.cross_entropy(logits, targets)
 
 
+@_autocast_off
 def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> torch.Tensor:
     """Hinton et al. (2015): tau^2 * KL(softmax(t/tau) || softmax(s/tau)).
 
@@ -39,6 +62,7 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(f.pow(2).mean(dim=1).flatten(1), dim=1)
 
 
+@_autocast_off
 def attention_transfer(student_feats, teacher_feats) -> torch.Tensor:
     """Sum over layer pairs of the mean (over batch and positions) squared attention-map difference."""
     if len(student_feats) != len(teacher_feats):
@@ -51,6 +75,7 @@ def attention_transfer(student_feats, teacher_feats) -> torch.Tensor:
     return total
 
 
+@_autocast_off
 def similarity_preserving(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     """Tung & Mori (2019): G = f f^T of the flattened features with rows L2-normalised;
     ||G_s - G_t||_F^2 / B^2."""
@@ -75,6 +100,7 @@ def _mean_of_positive(d: torch.Tensor) -> torch.Tensor:
     return (d * positive).sum() / positive.sum()
 
 
+@_autocast_off
 def rkd_distance(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
     """Park et al. (2019) RKD-D: distances normalised by their mean over positive entries;
     Huber (smooth-L1, delta = 1) averaged over the full B x B matrix."""
@@ -91,6 +117,7 @@ def _angles(e: torch.Tensor) -> torch.Tensor:
     return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)  # cos of angle j-i-k, all B^3 triples
 
 
+@_autocast_off
 def rkd_angle(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
     """Park et al. (2019) RKD-A: cosines between L2-normalised difference vectors,
     smooth-L1 averaged over all B^3 triples."""
@@ -98,6 +125,7 @@ def rkd_angle(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
     return F.smooth_l1_loss(_angles(es), _angles(et), reduction="mean")
 
 
+@_autocast_off
 def feature_mimicry(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     """Hong et al. (2021): MSE between the student's features on the noisy input and the
     teacher's features on the clean input (mean over all elements)."""
@@ -107,6 +135,7 @@ def feature_mimicry(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(fs, ft)
 
 
+@_autocast_off
 def logit_l2(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Logit regression (Ba & Caruana; Sau & Balasubramanian's noisy-teacher loss):
     1/2 ||z_s - z_t||^2 summed over classes, averaged over the batch."""

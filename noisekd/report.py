@@ -66,6 +66,10 @@ __all__ = [
 
 WORST = "robust_acc_worst_of_restarts"
 MIN_RUNS = "robust_acc_min_over_runs"
+# The paper's mCA (§2.4, following Gu et al.): accuracy on the corrupted image among the images whose
+# clean version is classified correctly.  The unconditional `mca` stays in the results files.
+MCA = "mca_cond"
+CORRUPTION_ACC = "corruption_cond_acc"
 REQUIRED_COLUMNS = ("role", "dataset", "cell", "metric", "value", "seed", "attack", "steps", "eps",
                     "step_size", "restarts")
 
@@ -450,7 +454,7 @@ def table1(frame: pd.DataFrame, plan) -> Table:
     title = "Table 1: Fickle Teacher and knowledge distillation methods"
     if not layout:
         return _empty("table1", title, "Table 1 is not part of this configuration.", ("Method",))
-    res = _Results(frame, ("test_acc", "ood_acc", "mca"), who)
+    res = _Results(frame, ("test_acc", "ood_acc", MCA), who)
     columns: list[Column] = []
     specs: list[tuple[str, str]] = []  # (dataset, metric or "teacher")
     for d in layout:
@@ -462,8 +466,8 @@ def table1(frame: pd.DataFrame, plan) -> Table:
         if res.has(d, "ood_acc"):
             specs.append((d, "ood_acc"))
             columns.append(Column(_ood_label(plan, d), group))
-        if res.has(d, "mca"):
-            specs.append((d, "mca"))
+        if res.has(d, MCA):
+            specs.append((d, MCA))
             columns.append(Column("mCA", group))
     names = list(dict.fromkeys(n for cells in layout.values() for n in cells))
     rows = []
@@ -485,7 +489,8 @@ def table1(frame: pd.DataFrame, plan) -> Table:
         "Fickle Teacher (FT-x: the student distils from a teacher trained with dropout x, dropout kept "
         "active during distillation) against Hinton KD and feature/relational distillation methods. "
         "Teacher: test accuracy of the selected teacher (best teacher seed) of the row's teacher kind. "
-        "Out-of-distribution (OOD) and mCA (mean accuracy over corruptions x severities) columns appear "
+        "Out-of-distribution (OOD) and mCA (mean over corruptions x severities of the accuracy on the "
+        "corrupted image among images whose clean version is classified correctly) columns appear "
         f"for datasets that have them. {_seeds_note(plan)}; best per column in bold."
     )
     return Table("table1", title, caption, ("Method",), columns, rows)
@@ -679,14 +684,14 @@ def table_related(frame: pd.DataFrame, plan) -> Table:
     title = title.replace("→", " to ")
     if not layout:
         return _empty(who, title, "The related-methods comparison is not part of this configuration.", ("Method",))
-    res = _Results(frame, ("test_acc", "ood_acc", "mca", WORST), who)
+    res = _Results(frame, ("test_acc", "ood_acc", MCA, MIN_RUNS), who)
     metrics = [("test_acc", "Test Acc.")]
     if any(res.has(d, "ood_acc") for d in layout):
         oods = {_ood_label(plan, d) for d in layout if res.has(d, "ood_acc")}
         metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
-    if any(res.has(d, "mca") for d in layout):
-        metrics.append(("mca", "mCA"))
-    metrics.append((WORST, f"PGD-{a.steps} Acc."))
+    if any(res.has(d, MCA) for d in layout):
+        metrics.append((MCA, "mCA"))
+    metrics.append((MIN_RUNS, f"PGD-{a.steps} Acc."))
     columns = [Column(h) for _, h in metrics]
     multi = len(layout) > 1
     rows = []
@@ -696,7 +701,7 @@ def table_related(frame: pd.DataFrame, plan) -> Table:
             cell = plan.cell(d, name)
             cells = []
             for metric, _ in metrics:
-                if metric == WORST:
+                if metric == MIN_RUNS:
                     ok = a in cell.attacks
                     cells.append(TableCell(res.get(d, name, metric, a) if ok else None))
                 else:
@@ -709,8 +714,9 @@ def table_related(frame: pd.DataFrame, plan) -> Table:
     caption = (f"{ds}. The paper's methods beside related noise-based distillation: clean-to-noisy feature "
                "mimicry (Hong et al., student on x + N(0, σ²) matches the teacher's clean features) and Noisy "
                "Teacher (Sau & Balasubramanian: teacher logits z(1 + ξ), ξ ~ N(0, σ²), perturbed for the given "
-               f"fraction of samples; L2 logit regression or Hinton's KL). PGD: worst of restarts under "
-               f"{_attack_desc(a)}; '-' where a model was not attacked. {_seeds_note(plan)}; best per column "
+               f"fraction of samples; L2 logit regression or Hinton's KL). mCA: conditional on the clean image "
+               f"being classified correctly. PGD: the worst of {a.restarts} whole-test-set runs (the paper's "
+               f"aggregate) under {_attack_desc(a)}; '-' where a model was not attacked. {_seeds_note(plan)}; best per column "
                "in bold.")
     return Table(who, title, caption, ("Method",), columns, rows)
 
@@ -758,7 +764,7 @@ def figure2(frame: pd.DataFrame, plan) -> Figure:
     if not layout:
         return _message_figure("Figure 2", "Soft Randomization is not part of this configuration.")
     a = plan.pgd20
-    res = _Results(frame, (WORST,), "figure2")
+    res = _Results(frame, (MIN_RUNS,), "figure2")  # the paper's aggregate: worst of the restart runs
     colors = sns.color_palette("colorblind")
     ax_style, ctx = _style()
     with ax_style, ctx:
@@ -768,7 +774,7 @@ def figure2(frame: pd.DataFrame, plan) -> Figure:
             x = np.arange(len(sigmas))
             for j, color, marker in ((0, colors[7], "s"), (1, colors[1], "o")):
                 names = [v["pairs"][s][j] for s in sigmas]
-                stats = [res.get(d, n, WORST, a) for n in names]
+                stats = [res.get(d, n, MIN_RUNS, a) for n in names]
                 mean = 100 * np.array([s.mean for s in stats])
                 std = 100 * np.nan_to_num(np.array([s.std for s in stats]))
                 label = "Soft Randomization (SR)" if j else "Gaussian Augmentation (GA)"
@@ -776,7 +782,7 @@ def figure2(frame: pd.DataFrame, plan) -> Figure:
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.25, lw=0)
             ax.set_xticks(x, sigmas, rotation=45 if len(sigmas) > 6 else 0)
             ax.set_xlabel("Training noise σ (pixel scale [0, 1])")
-            ax.set_ylabel(f"PGD-{a.steps} robust accuracy (%)")
+            ax.set_ylabel(f"PGD-{a.steps} robust accuracy (%), worst of {a.restarts} runs")
             ax.set_title(f"{dataset_label(d)}: ε = {_eps255(a.eps)}/255")
             ax.set_ylim(bottom=0)
         handles, labels = axes[0].get_legend_handles_labels()
@@ -790,12 +796,12 @@ def figure3(frame: pd.DataFrame, plan) -> Figure:
     if not layout:
         return _message_figure(title, "Soft Randomization is not part of this configuration.")
     datasets = list(layout)
-    sub = frame.loc[(frame["role"] == "student") & (frame["metric"] == "corruption_acc")
+    sub = frame.loc[(frame["role"] == "student") & (frame["metric"] == CORRUPTION_ACC)
                     & frame["dataset"].isin(datasets)]
     per = sub.assign(value=pd.to_numeric(sub["value"], errors="coerce")).groupby(
         ["dataset", "cell", "corruption"], sort=False)["value"].mean()
-    res = _Results(frame, ("mca",), "figure3")
-    datasets = [d for d in datasets if res.has(d, "mca") and d in per.index.get_level_values(0)]
+    res = _Results(frame, (MCA,), "figure3")
+    datasets = [d for d in datasets if res.has(d, MCA) and d in per.index.get_level_values(0)]
     if not datasets:
         return _message_figure(title, "No dataset of the Soft Randomization experiment has corruption rows.")
     from .corruptions import CORRUPTIONS  # the CIFAR-10-C order: noise, blur, weather, digital
@@ -808,15 +814,15 @@ def figure3(frame: pd.DataFrame, plan) -> Figure:
         acc = np.full((len(names), len(order)), np.nan)
         labels = []
         for i, name in enumerate(names):
-            mca = res.get(d, name, "mca")
+            mca = res.get(d, name, MCA)
             labels.append(f"{cell_label(plan.cell(d, name))} (mCA {100 * mca.mean:.2f})")
             try:
                 row = per.loc[(d, name)]
             except KeyError:
-                raise NoiseKDError(f"figure3: no corruption_acc rows for {d}/{name}") from None
+                raise NoiseKDError(f"figure3: no {CORRUPTION_ACC} rows for {d}/{name}") from None
             for k, c in enumerate(order):
                 if c not in row.index:
-                    raise NoiseKDError(f"figure3: no corruption_acc rows for {d}/{name} corruption {c}")
+                    raise NoiseKDError(f"figure3: no {CORRUPTION_ACC} rows for {d}/{name} corruption {c}")
                 acc[i, k] = 100 * row[c]
         panels.append((d, labels, order, acc))
     ax_style, ctx = _style()
@@ -837,7 +843,7 @@ def figure3(frame: pd.DataFrame, plan) -> Figure:
             ax.set_xticklabels(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
             ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
             ax.axhline(1, color="black", lw=1.0)  # the Hinton reference row above the SR rows
-            ax.set_xlabel("Corruption (accuracy in %, mean over severities 1–5 and seeds)")
+            ax.set_xlabel("Corruption (accuracy in % given a correct clean prediction, mean over severities 1–5 and seeds)")
             ax.set_ylabel("")
             ax.set_title(f"{dataset_label(d)}: corruption robustness of SR vs Hinton")
     return fig

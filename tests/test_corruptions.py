@@ -232,18 +232,19 @@ def test_zoom_blur_by_hand(images, severity, stop):
 
 
 def glass_reference_loop(x, off, d):
-    """make_cifar_c.py's pixel-swap loop, one image and one pixel at a time, with given offsets (dy, dx)."""
+    """make_cifar_c.py's pixel loop, one image and one pixel at a time, with given offsets (dy, dx).  Its
+    tuple assignment of numpy views is kept as written: it copies (h', w') into (h, w) and leaves (h', w')."""
     x = x.copy()
     for n in range(x.shape[0]):
         for h in range(x.shape[1] - d, d, -1):
             for w in range(x.shape[2] - d, d, -1):
                 dy, dx = off[n, h, w]
                 hp, wp = h + dy, w + dx
-                x[n, h, w], x[n, hp, wp] = x[n, hp, wp].copy(), x[n, h, w].copy()
+                x[n, h, w], x[n, hp, wp] = x[n, hp, wp], x[n, h, w]
     return x
 
 
-@pytest.mark.parametrize("d, h, w", [(1, 12, 10), (1, 32, 32), (2, 12, 13)])
+@pytest.mark.parametrize("d, h, w", [(1, 12, 10), (1, 32, 32), (2, 12, 13), (3, 16, 11)])
 def test_glass_shuffle_matches_reference_loop(d, h, w):
     rng = np.random.default_rng(d * 1000 + h)
     x = rng.integers(0, 256, (6, h, w, 3), dtype=np.uint8)
@@ -252,6 +253,21 @@ def test_glass_shuffle_matches_reference_loop(d, h, w):
     assert np.array_equal(C._glass_shuffle_loop(x, off, d), expected)
     if d == 1:
         assert np.array_equal(C._glass_shuffle_d1(x, off), expected)
+
+
+def test_glass_shuffle_copies_by_hand():
+    # 4x4, d = 1: the scan visits rows and columns 3..2.  (3,3) takes its left neighbour, (3,2) the pixel
+    # above, (2,3) its up-left neighbour, (2,2) stays; every source keeps its value (no swap).
+    x = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
+    off = np.zeros((1, 4, 4, 2), dtype=np.int64)
+    off[0, 3, 3] = (0, -1)
+    off[0, 3, 2] = (-1, 0)
+    off[0, 2, 3] = (-1, -1)
+    expected = x.copy()
+    expected[0, 3, 3], expected[0, 3, 2], expected[0, 2, 3] = x[0, 3, 2], x[0, 2, 2], x[0, 1, 2]
+    assert np.array_equal(C._glass_shuffle_d1(x, off), expected)
+    assert np.array_equal(C._glass_shuffle_loop(x, off, 1), expected)
+    assert np.array_equal(glass_reference_loop(x, off, 1), expected)
 
 
 @pytest.mark.parametrize("radius, sigma", [(6, 1), (9, 2.5)])
