@@ -8,7 +8,7 @@ snakemake --configfile presets/demo.yaml --cores 2 figure2      # one figure, on
 from snakemake.utils import min_version, validate
 
 from noisekd.config import check_config
-from noisekd.plan import Plan, report_inputs, report_names
+from noisekd.plan import REPORTS, Plan, report_inputs, report_names
 
 min_version("9.0")
 

@@ -77,7 +77,13 @@ def evaluate_command(args) -> None:
     saved = load_torch(args.checkpoint)
     summary = json.loads(saved.get("summary", "{}")) if isinstance(saved.get("summary"), str) else {}
     t0 = time.perf_counter()
-    test, ood, corrupted = evaluation_sets(args, size=args.size)
+    trained_size = summary.get("image_size")  # absent in models saved before it was recorded
+    size = args.size or (trained_size[0] if trained_size else 16)
+    test, ood, corrupted = evaluation_sets(args, size=size)
+    if trained_size and list(test.images.shape[-2:]) != list(trained_size):
+        raise NoiseKDError(f"checkpoint {args.checkpoint} was trained on {trained_size[0]}x{trained_size[1]} images, "
+                           f"the {args.dataset} test set here is {test.images.shape[-2]}x{test.images.shape[-1]}"
+                           + (" (--size)" if args.dataset == "digits" else ""))
     test, ood = test.to(device), (ood.to(device) if ood is not None else None)
     rows = [{"metric": "test_acc", "value": accuracy(model, test)}]
     if ood is not None:
@@ -95,7 +101,7 @@ def evaluate_command(args) -> None:
                 "params": json.dumps(summary.get("params", {}), sort_keys=True),
                 "label_corruption": (run.get("label_corruption") or {}).get("rate", 0.0), "seed": run.get("seed"),
                 "teacher_seed": run.get("teacher_seed")}
-    write_rows(finish_rows(rows, identity, provenance(summary, device)), args.out)
+    write_rows(finish_rows(rows, identity, provenance(summary, device)), args.out, config=summary)
     log.info(f"{len(rows)} rows written to {args.out} in {time.perf_counter() - t0:.1f}s")
 
 
@@ -107,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--dataset", required=True, choices=("digits", "cifar10", "svhn"))
     ev.add_argument("--out", required=True, type=Path)
     ev.add_argument("--data-dir", default="data", help="raw downloads (cifar10, svhn, cinic10, cifar10c)")
-    ev.add_argument("--size", type=int, default=16, help="digits image size (must match training)")
+    ev.add_argument("--size", type=int, default=None,
+                    help="digits image size (default: the checkpoint's training size; must match it)")
     ev.add_argument("--split-seed", type=int, default=0, help="digits train/test split seed")
     ev.add_argument("--ood-per-class", type=int, default=60, help="printed digits / CINIC images per class")
     ev.add_argument("--no-ood", action="store_true")

@@ -176,10 +176,29 @@ def rows_frame(rows: list[dict]):
     return frame
 
 
-def write_rows(rows: list[dict], path: str | Path) -> None:
-    frame = rows_frame(rows)
+CONFIG_METADATA_KEY = b"noisekd.config"
+
+
+def write_rows(rows: list[dict], path: str | Path, config: dict | None = None) -> None:
+    """Rows to parquet; `config` (the run's whole config, which the rows' config_hash names) goes into
+    the file's key-value metadata, so a file resolves its own hash (`read_rows_config`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(rows_frame(rows), preserve_index=False)
+    if config is not None:
+        blob = json.dumps(config, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), CONFIG_METADATA_KEY: blob})
     with atomic_path(path) as tmp:
-        frame.to_parquet(tmp, index=False)
+        pq.write_table(table, tmp)
+
+
+def read_rows_config(path: str | Path) -> dict | None:
+    """The config stored with a rows file by `write_rows`, or None."""
+    import pyarrow.parquet as pq
+
+    blob = (pq.read_schema(path).metadata or {}).get(CONFIG_METADATA_KEY)
+    return json.loads(blob) if blob else None
 
 
 def load_corrupted_stack(path: str | Path, clean: ImageData, names: tuple[str, ...]) -> Iterable[tuple[str, int, ImageData]]:

@@ -82,6 +82,18 @@ def prepare_ood(dataset_config: dict, data_dir: str, test_path: str, out_path: s
     log.info(f"out-of-distribution set {source}: {len(data)} images")
 
 
+def fetch_corruptions(dataset_config: dict, data_dir: str, out_path: str) -> None:
+    """Download, md5-check and extract the released CIFAR-10-C into <data_dir>/cifar10c (a local job:
+    compute nodes often have no internet), then record where it lies."""
+    from .sources import download_cifar10c
+    from .sources.cifar10c import CIFAR10C_MD5
+
+    if dataset_config["source"] != "cifar10":
+        raise NoiseKDError("corruptions.source 'released' exists only for cifar10; use 'generate'")
+    folder = download_cifar10c(Path(data_dir) / "cifar10c")
+    write_json_atomic(out_path, {"folder": str(folder), "archive_md5": CIFAR10C_MD5})
+
+
 def prepare_corruptions(dataset_config: dict, data_dir: str, test_path: str, out_path: str) -> None:
     """A (19, 5, N, C, H, W) uint8 stack in the test set's order: the released CIFAR-10-C, or the
     corruptions regenerated with `noisekd.corruptions` (any dataset)."""
@@ -99,7 +111,7 @@ def prepare_corruptions(dataset_config: dict, data_dir: str, test_path: str, out
                 raise NoiseKDError("corruptions.source 'released' exists only for cifar10; use 'generate'")
             for i, name in enumerate(CORRUPTIONS):
                 for s in range(1, 6):
-                    data = load_cifar10c(Path(data_dir) / "cifar10c", name, s, download=True)
+                    data = load_cifar10c(Path(data_dir) / "cifar10c", name, s)  # fetched by fetch_corruptions
                     if not torch.equal(data.labels, test.labels):
                         raise NoiseKDError(f"CIFAR-10-C {name} labels are not in CIFAR-10 test order")
                     stack[i, s - 1] = data.images.numpy()
@@ -344,7 +356,7 @@ def evaluate_model(plan: Plan, identity: dict, model_path: str, inputs: dict, ou
         if r["metric"] in ("test_acc", "ood_acc", "mca", "mca_cond"):
             log.info(f"{r['metric']}: {100 * r['value']:.2f}%")
     log.info(f"evaluated {model_path} in {time.perf_counter() - t0:.1f}s ({len(rows)} rows)")
-    write_rows(finish_rows(rows, identity, provenance(plan.config, device)), out_path)
+    write_rows(finish_rows(rows, identity, provenance(plan.config, device)), out_path, config=plan.config)
 
 
 def student_identity(plan: Plan, dataset: str, cell_name: str, seed: int, summary_path: str) -> dict:
@@ -383,7 +395,7 @@ def attack_model(plan: Plan, dataset: str, cell_name: str, seed: int, model_path
     batch_size = plan.config["evaluation"]["pgd"].get("batch_size", ATTACK_BATCH_SIZE)
     rows = attack_rows(model, test, cell.attacks, seed=seed, batch_size=batch_size, log=log.info)
     identity = student_identity(plan, dataset, cell_name, seed, summary_path)
-    write_rows(finish_rows(rows, identity, provenance(plan.config, device)), out_path)
+    write_rows(finish_rows(rows, identity, provenance(plan.config, device)), out_path, config=plan.config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,6 +468,16 @@ def linear_study(study: dict, out: dict) -> None:
 # Script plumbing
 
 
+def check_gpu_job(gpus: int, device: str, environ=os.environ, cuda_available=torch.cuda.is_available) -> None:
+    """A SLURM job that asked for GPUs and sees none (a bad node, a wrong CUDA_VISIBLE_DEVICES) fails at
+    once: with `device: auto` it would otherwise train on the CPU until its runtime limit."""
+    if gpus > 0 and device == "auto" and environ.get("SLURM_JOB_ID") and not cuda_available():
+        raise NoiseKDError(
+            f"SLURM job {environ['SLURM_JOB_ID']} on {environ.get('SLURMD_NODENAME', 'this node')} asked for "
+            f"{gpus} GPU(s) (config key resources.gpu) but sees no CUDA device (CUDA_VISIBLE_DEVICES="
+            f"{environ.get('CUDA_VISIBLE_DEVICES')!r}); set device: cpu to run on CPUs")
+
+
 def run_step(snakemake, step: Callable[..., None], **kwargs) -> None:
     """Run one step inside a Snakemake `script:` with logging to the rule's log file and stderr.
 
@@ -470,6 +492,7 @@ def run_step(snakemake, step: Callable[..., None], **kwargs) -> None:
                         format="%(asctime)s %(levelname)s %(message)s")
     log.info(f"rule {snakemake.rule} {dict(snakemake.wildcards)}")
     try:
+        check_gpu_job(int(getattr(snakemake.resources, "gpu", 0) or 0), snakemake.config.get("device", "auto"))
         step(**kwargs)
     except NoiseKDError as exc:
         log.error(f"error: {exc}")

@@ -18,6 +18,7 @@ from functools import cached_property
 
 from .evaluate import AttackSetting
 from .io import NoiseKDError
+from .linear_study_config import StudyConfig
 from .methods import MethodParams, get_method
 from .models import WRNSpec
 from .train import TrainConfig
@@ -147,7 +148,9 @@ class Plan:
                 self.tables.setdefault("soft_randomization", {})[d] = {
                     "pairs": pairs, "hinton": self._add(d, "hinton")}
                 for key, attacks in (("table4", self.table4_attacks), ("table5", self.table5_attacks)):
-                    sigmas = sr.get(f"{key}_sigma", {}).get(d, [])
+                    sigmas = (sr.get(f"{key}_sigma") or {}).get(d, [])
+                    if not sigmas:  # no cells: the table leaves this dataset out (or is not built at all)
+                        continue
                     self.tables.setdefault(key, {})[d] = {
                         _num(s): tuple(self._add(d, m, {"sigma": s}, attacks=attacks) for m in ("ga", "sr"))
                         for s in sigmas
@@ -180,6 +183,8 @@ class Plan:
     def _check(self) -> None:
         """Refuse, at parse time, what would only fail inside a job hours later."""
         self.train_config(0)
+        if "linear_study" in self.config:
+            StudyConfig.from_dict(self.config["linear_study"])
         for d in self.datasets():
             for cell in self._cells[d].values():
                 self.train_config(0, cell)
@@ -307,7 +312,9 @@ def report_inputs(plan: Plan, name: str) -> list[str]:
     experiment, needs = REPORTS[name]
     layout = plan.tables.get(experiment)
     if not layout:
-        raise NoiseKDError(f"{name} needs experiments.{experiment} in the config")
+        where = (f"experiments.soft_randomization.{experiment}_sigma" if experiment in ("table4", "table5")
+                 else f"experiments.{experiment}")
+        raise NoiseKDError(f"{name} needs {where} in the config")
     files: list[str] = []
     for dataset, sub in layout.items():
         cells = list(dict.fromkeys(_flatten(sub)))

@@ -406,7 +406,8 @@ def fit(
     acc_correct = torch.zeros((), device=device, dtype=torch.int64)
     bad_step = torch.full((), -1, device=device, dtype=torch.int64)
     history: list[dict] = []
-    run_config = {k: v for k, v in asdict(config).items() if k not in SPEED_ONLY}
+    # precision as resolved: a retry on a node whose CPU resolves `auto` otherwise must not resume the run
+    run_config = {**{k: v for k, v in asdict(config).items() if k not in SPEED_ONLY}, "precision": precision}
     identity = {"method": method.name, "params": asdict(params), "config": run_config, "spec": asdict(student.spec)}
     if teacher_logits is not None:
         identity["teacher_logits"] = "cached"  # same draws, other rounding: a run never switches midway
@@ -563,6 +564,7 @@ def fit(
         **identity,
         "run": run_info or {},
         "epochs_done": config.epochs,
+        "image_size": list(train_data.images.shape[-2:]),  # evaluation outside the workflow checks it
         "final_loss": history[-1]["loss"] if history else None,
         "final_train_acc": history[-1]["train_acc"] if history else None,
         "history": history,

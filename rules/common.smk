@@ -24,6 +24,14 @@ def dataset_config(wildcards):
     return PLAN.dataset_configs[wildcards.dataset]
 
 
+def released_corruptions(wildcards):
+    """The fetched CIFAR-10-C where the dataset uses the released files (a local job: it downloads)."""
+    spec = PLAN.dataset_configs[wildcards.dataset].get("corruptions") or {}
+    return (
+        [f"{DATA}/corruptions_fetched.json"] if spec.get("source") == "released" else []
+    )
+
+
 def evaluation_sets(wildcards):
     """Test set plus, where the dataset has them, the OOD set and the corruption stack."""
     d = PLAN.dataset_configs[wildcards.dataset]

@@ -5,6 +5,7 @@
 localrules:
     prepare_dataset,
     prepare_ood,
+    fetch_corruptions,
     corrupt_labels,
 
 
@@ -47,8 +48,23 @@ rule prepare_ood:
         "../workflow_scripts/prepare_ood.py"
 
 
+rule fetch_corruptions:
+    output:
+        f"{DATA}/corruptions_fetched.json",
+    log:
+        f"{R}/logs/fetch_corruptions/{{dataset}}.log",
+    conda:
+        ENV
+    params:
+        dataset=dataset_config,
+        data_dir=config["data_dir"],
+    script:
+        "../workflow_scripts/fetch_corruptions.py"
+
+
 rule prepare_corruptions:
     input:
+        unpack(lambda w: {"fetched": released_corruptions(w)}),
         test=f"{DATA}/test.npz",
     output:
         f"{DATA}/corruptions.npy",

@@ -1,3 +1,4 @@
+import json
 import time
 
 import pandas as pd
@@ -6,7 +7,8 @@ import torch
 
 from noisekd.__main__ import main
 from noisekd.data import Augmentation, ImageData
-from noisekd.evaluate import ROW_COLUMNS, accuracy, corruption_rows, finish_rows, write_rows
+from noisekd.evaluate import ROW_COLUMNS, accuracy, corruption_rows, finish_rows, read_rows_config, write_rows
+from noisekd.provenance import git_commit, provenance, settings_hash
 from noisekd.methods import MethodParams, get_method
 from noisekd.models import WRNSpec
 from noisekd.sources import load_digits
@@ -46,28 +48,38 @@ def test_accuracy_conditional_accuracy_and_mca_by_hand():
 
 
 def test_rows_are_tidy_and_carry_provenance(tmp_path):
+    config = {"results_dir": "results/x", "train": {"epochs": 3}, "seeds": {"student": [0, 1]}}
     rows = finish_rows([{"metric": "test_acc", "value": 0.5}], {"run_id": "r", "seed": 1, "params": {"sigma": 0.1}},
-                       {"git_commit": "abc", "config_hash": "h", "versions": "{}", "device": "cpu"})
-    write_rows(rows, tmp_path / "rows.parquet")
+                       provenance(config, "cpu"))
+    write_rows(rows, tmp_path / "rows.parquet", config=config)
     frame = pd.read_parquet(tmp_path / "rows.parquet")
     assert list(frame.columns) == list(ROW_COLUMNS)
-    assert frame.loc[0, "params"] == '{"sigma": 0.1}' and frame.loc[0, "git_commit"] == "abc"
+    assert frame.loc[0, "params"] == '{"sigma": 0.1}' and frame.loc[0, "git_commit"] == git_commit()
+    # The file carries the config its rows' hash names (the hash leaves the locations out).
+    assert read_rows_config(tmp_path / "rows.parquet") == config
+    assert frame.loc[0, "config_hash"] == settings_hash(config) == settings_hash({**config, "results_dir": "elsewhere"})
+    write_rows(rows, tmp_path / "bare.parquet")
+    assert read_rows_config(tmp_path / "bare.parquet") is None
     assert not list(tmp_path.glob(".*tmp"))  # nothing half-written left behind
 
 
 @pytest.mark.slow
-def test_command_line_evaluates_a_digits_student(tmp_path):
+def test_command_line_evaluates_a_digits_student(tmp_path, capsys):
     train = load_digits("train", size=16)
     x = train.images.float() / 255
     spec = WRNSpec(10, 1, mean=tuple(x.mean((0, 2, 3)).tolist()), std=tuple(x.std((0, 2, 3)).tolist()))
     student = build_model(spec, 0)
-    fit(student, train, TrainConfig(epochs=2, milestones=(1,), batch_size=64), get_method("ga"),
-        MethodParams(sigma=0.1), augmentation=Augmentation(2, False), device="cpu", log=lambda s: None)
+    result = fit(student, train, TrainConfig(epochs=2, milestones=(1,), batch_size=64), get_method("ga"),
+                 MethodParams(sigma=0.1), augmentation=Augmentation(2, False), device="cpu", log=lambda s: None)
     ckpt = tmp_path / "student.pt"
-    save_model(ckpt, student)
+    save_model(ckpt, student, summary=json.dumps(result.summary))  # as the workflow saves it
     out = tmp_path / "rows.parquet"
+    # The checkpoint says it was trained at 16x16: another size is refused, none is taken from it.
+    assert main(["evaluate", str(ckpt), "--dataset", "digits", "--size", "12", "--out", str(out)]) == 1
+    assert "student.pt was trained on 16x16 images, the digits test set here is 12x12 (--size)" in capsys.readouterr().err
+    assert not out.exists()
     start = time.perf_counter()
-    assert main(["evaluate", str(ckpt), "--dataset", "digits", "--size", "16", "--out", str(out),
+    assert main(["evaluate", str(ckpt), "--dataset", "digits", "--out", str(out),
                  "--pgd-steps", "20", "--restarts", "5"]) == 0
     elapsed = time.perf_counter() - start
     frame = pd.read_parquet(out)

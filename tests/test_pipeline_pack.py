@@ -132,3 +132,15 @@ def test_compiling_jobs_share_torch_compile_caches_under_the_results_folder(setu
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")  # the user's choice wins
     share_compile_cache(Plan({**plan.config, "train": {**plan.config["train"], "compile": True}}))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+
+
+def test_a_gpu_slurm_job_without_a_gpu_fails_at_once():
+    from noisekd.pipeline import check_gpu_job
+
+    slurm = {"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "gpu07", "CUDA_VISIBLE_DEVICES": ""}
+    with pytest.raises(NoiseKDError, match=r"SLURM job 42 on gpu07 asked for 1 GPU\(s\) \(config key resources.gpu\)"):
+        check_gpu_job(1, "auto", slurm, lambda: False)
+    check_gpu_job(1, "auto", slurm, lambda: True)  # the GPU is there
+    check_gpu_job(1, "cpu", slurm, lambda: False)  # CPU asked for explicitly
+    check_gpu_job(0, "auto", slurm, lambda: False)  # a CPU rule
+    check_gpu_job(1, "auto", {}, lambda: False)  # not a SLURM job: a local run on a machine without a GPU

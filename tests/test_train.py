@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import noisekd.data
+import noisekd.train
 from noisekd.data import Augmentation, ImageData
 from noisekd.io import NoiseKDError
 from noisekd.methods import MethodParams, get_method
@@ -107,6 +108,19 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     _run(ckpt=ckpt)
     with pytest.raises(NoiseKDError, match="different run"):
         _run(ckpt=ckpt, params=MethodParams(dropout=0.3))
+
+
+@pytest.mark.reliability
+def test_checkpoint_of_another_resolved_precision_is_refused(tmp_path, monkeypatch):
+    # precision: auto is bf16 on a CPU with native bf16 and fp32 on one without; a retry on the other
+    # kind of node must not continue the run in another precision.
+    ckpt = tmp_path / "ckpt.pt"
+    cfg = TrainConfig(epochs=3, milestones=(2,), batch_size=32, seed=7, precision="auto")
+    monkeypatch.setattr(noisekd.train, "cpu_has_native_bf16", lambda: True)
+    assert _run(ckpt=ckpt, cfg=cfg).summary["config"]["precision"] == "bf16"
+    monkeypatch.setattr(noisekd.train, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(NoiseKDError, match="different run"):
+        _run(ckpt=ckpt, cfg=cfg)
 
 
 @pytest.mark.reliability

@@ -55,6 +55,7 @@ def test_paper_dag_job_counts_follow_the_protocol():
     # mimicry (features, not only logits) are run live.
     assert counts["teacher_logits"] == 6 * 2
     assert counts["prepare_dataset"] == 2 and counts["prepare_ood"] == 1 and counts["prepare_corruptions"] == 1
+    assert counts["fetch_corruptions"] == 1  # the released CIFAR-10-C, downloaded by a local job
     assert counts["table"] == len(report_names(Plan(load_config(ROOT / "config.yaml")), "table")) == 9
     assert counts["figure"] == 4
 
@@ -126,6 +127,7 @@ BAD_CONFIGS = [
     ({"datasets": {"cifar10": {"source": "imagenet", "augmentation": {}}}}, "datasets.cifar10"),
     ({"train": {"epochs": 10, "milestones": [5, 12]}}, "train.milestones"),
     ({"tran": {"epochs": 1}}, "tran"),
+    ({"linear_study": {"dd": 3}}, "linear study config key 'dd'"),
 ]
 
 
@@ -154,6 +156,15 @@ def test_feature_mimicry_with_mismatched_widths_is_refused_at_parse_time():
     config["teacher"]["width"] = 2
     with pytest.raises(NoiseKDError, match="need the same width"):
         Plan(config)
+
+
+def test_a_table_without_cells_is_not_built_and_asking_for_it_names_the_key():
+    config = load_config(ROOT / "config.yaml", ROOT / "presets" / "demo.yaml")
+    config["experiments"]["soft_randomization"]["table4_sigma"] = {"digits": []}
+    plan = Plan(config)
+    assert "table4" not in report_names(plan, "table") and "table5" in report_names(plan, "table")
+    with pytest.raises(NoiseKDError, match="table4 needs experiments.soft_randomization.table4_sigma"):
+        report_inputs(plan, "table4")
 
 
 def test_conda_env_pins_agree_with_pyproject():

@@ -29,9 +29,11 @@ CIFAR10C_CORRUPTIONS = CORRUPTIONS  # one list of the 19 release file names, kep
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
-def download_cifar10c(root: str | os.PathLike, url: str = CIFAR10C_URL, md5: str = CIFAR10C_MD5) -> Path:
-    """Fetch and md5-check `<root>/CIFAR-10-C.tar`, extract it safely to `<root>/CIFAR-10-C/`."""
+def download_cifar10c(root: str | os.PathLike, url: str | None = None, md5: str | None = None) -> Path:
+    """Fetch and md5-check `<root>/CIFAR-10-C.tar` (default: the release, CIFAR10C_URL / CIFAR10C_MD5),
+    extract it safely to `<root>/CIFAR-10-C/`."""
     root = Path(root)
+    url, md5 = url or CIFAR10C_URL, md5 or CIFAR10C_MD5
     dest = root / CIFAR10C_FOLDER
     if not dest.is_dir():  # extraction renames into place at the end, so a present folder is complete
         archive = ensure_download(url, root / CIFAR10C_ARCHIVE, md5)

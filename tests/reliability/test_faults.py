@@ -1,6 +1,8 @@
 """Fault injection: killed and preempted training processes resume to bit-identical results."""
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -82,3 +84,18 @@ def test_sigterm_saves_a_checkpoint_exits_non_zero_and_resumes(tmp_path, referen
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["epoch"] >= 1
     state, out = _finish(tmp_path)
     assert "resumed from" in out and _equal(state, reference)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_outputs_get_the_mode_of_a_plain_open(tmp_path, umask):
+    # mkstemp's temporary files are 0600; results shared with a group must come out as open() makes them.
+    from noisekd.io import write_bytes_atomic
+
+    old = os.umask(umask)
+    try:
+        write_bytes_atomic(tmp_path / "result.bin", b"x")
+        (tmp_path / "plain.bin").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "result.bin").stat().st_mode) == stat.S_IMODE((tmp_path / "plain.bin").stat().st_mode)
+    assert stat.S_IMODE((tmp_path / "result.bin").stat().st_mode) == 0o666 & ~umask

@@ -1,0 +1,4 @@
+from noisekd.pipeline import fetch_corruptions, run_step
+
+s = snakemake  # noqa: F821 (injected by Snakemake)
+run_step(s, fetch_corruptions, dataset_config=s.params.dataset, data_dir=s.params.data_dir, out_path=s.output[0])
