@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+CODE_PATHS = ("noisekd", "rules", "workflow_scripts", "Snakefile")
 PACKAGES = ("noisekd", "torch", "torchvision", "numpy", "scipy", "scikit-image", "scikit-learn", "pandas", "snakemake")
 
 
@@ -29,9 +30,12 @@ def git_commit(repo: str | None = None) -> str:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
-        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                 capture_output=True, text=True, timeout=10)
+        # New files count where a run could import or execute them, not a config left in the root.
+        new_code = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--", *CODE_PATHS],
+                                  cwd=cwd, capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip() + ("+dirty" if changed.stdout.strip() or new_code.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -100,3 +100,25 @@ def test_command_line_names_a_bad_checkpoint(tmp_path, capsys):
     assert main(["evaluate", str(bad), "--dataset", "digits", "--out", str(tmp_path / "x.parquet")]) == 1
     assert "bad.pt" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_git_commit_marks_new_code_as_dirty(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "noisekd").mkdir()
+    (tmp_path / "noisekd" / "a.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert git_commit.__wrapped__(str(tmp_path)) == sha
+    (tmp_path / "my_config.yaml").write_text("seeds: {}\n")  # a config beside the code: not code
+    assert git_commit.__wrapped__(str(tmp_path)) == sha
+    (tmp_path / "noisekd" / "b.py").write_text("y = 2\n")  # a new module a run may import
+    assert git_commit.__wrapped__(str(tmp_path)) == sha + "+dirty"
+    (tmp_path / "noisekd" / "b.py").unlink()
+    (tmp_path / "noisekd" / "a.py").write_text("x = 2\n")
+    assert git_commit.__wrapped__(str(tmp_path)) == sha + "+dirty"
