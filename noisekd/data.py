@@ -211,8 +211,9 @@ def corrupt_labels(labels: torch.Tensor, rate: float, num_classes: int, seed: in
     """Static label corruption (Messy Collaboration experiments, Fig. 4/5 of the paper).
 
     A seeded fraction `rate` of the samples (exactly round(rate * N), chosen without replacement)
-    get a label drawn uniformly from all `num_classes` classes; as in the paper's protocol the draw
-    may repeat the true class.  Returns (new labels, sorted indices of the re-drawn samples).
+    get a label drawn uniformly from all `num_classes` classes, so the draw may repeat the true class
+    (Zhang et al. 2017's convention; the paper does not say): about rate * (1 - 1/K) of the labels end
+    up wrong.  Returns (new labels, sorted indices of the re-drawn samples).
     """
     if not 0.0 <= rate <= 1.0:
         raise NoiseKDError(f"label corruption rate must be in [0, 1], got {rate}")

@@ -263,7 +263,7 @@ def _fit(model, train, config: TrainConfig, method, params, teacher, aug, out, d
     try:
         return fit(model, train, config, method, params, teacher=teacher, augmentation=aug,
                    checkpoint_path=checkpoint, device=device, log=say, run_info=run_info,
-                   teacher_logits=teacher_logits)
+                   teacher_logits=teacher_logits, draws=run_info["role"])
     except TrainingInterrupted as exc:
         raise NoiseKDError(f"{exc}; checkpoint {checkpoint} kept, a rerun resumes from it") from None
 

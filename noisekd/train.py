@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import signal
@@ -293,6 +294,23 @@ def stop_on_signals():
             signal.signal(sig, old)
 
 
+def stream_seed(seed: int, draws: str) -> int:
+    """The generator seed of `seed` in the stream `draws` ("" -> the seed itself)."""
+    if not draws:
+        return int(seed)
+    return int.from_bytes(hashlib.sha256(f"{draws}/{int(seed)}".encode()).digest()[:8], "little") >> 1
+
+
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """A short hash of tensors' sizes, dtypes and bytes (a checkpoint's inputs)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous().reshape(-1)  # flat: 0-d tensors cannot be viewed as bytes
+        h.update(f"{t.numel()}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -347,8 +365,13 @@ def fit(
     log: Callable[[str], None] = print,
     run_info: dict | None = None,
     teacher_logits: torch.Tensor | None = None,
+    draws: str = "",
 ) -> TrainResult:
     """Train `student` in place with `method`; resume from `checkpoint_path` if it exists.
+
+    `draws` names the run's stream of random draws (order, crops, flips, noise, labels, dropout): the
+    generator is seeded with (seed, draws), so the workflow's teacher and student of one seed number
+    ("teacher", "student") draw independently; "" seeds it with the seed alone.
 
     `teacher_logits` (N, V, K), the teacher's logits of every training image under every
     augmentation variant (`noisekd.teacher_logits`), replace the teacher's forward where the method
@@ -390,7 +413,7 @@ def fit(
     if teacher_logits is not None:
         teacher_logits = teacher_logits.to(device)
 
-    generator = torch.Generator(device=device).manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(stream_seed(config.seed, draws))
     optimizer = torch.optim.SGD(
         student.parameters(),
         lr=config.lr,
@@ -408,9 +431,13 @@ def fit(
     history: list[dict] = []
     # precision as resolved: a retry on a node whose CPU resolves `auto` otherwise must not resume the run
     run_config = {**{k: v for k, v in asdict(config).items() if k not in SPEED_ONLY}, "precision": precision}
-    identity = {"method": method.name, "params": asdict(params), "config": run_config, "spec": asdict(student.spec)}
+    identity = {"method": method.name, "params": asdict(params), "config": run_config, "spec": asdict(student.spec),
+                "draws": draws, "augmentation": asdict(augmentation) if augmentation is not None else None,
+                # the inputs themselves: a rerun after the data, labels or teacher changed starts over
+                "data": fingerprint(train_data.images, train_data.labels),
+                "teacher": fingerprint(*teacher.state_dict().values()) if teacher is not None else None}
     if teacher_logits is not None:
-        identity["teacher_logits"] = "cached"  # same draws, other rounding: a run never switches midway
+        identity["teacher_logits"] = fingerprint(teacher_logits)  # other rounding than live: never switch midway
 
     if checkpoint_path is not None:
         # A process killed inside atomic_path leaves its temporary file behind: never complete, drop it.

@@ -124,6 +124,52 @@ def test_checkpoint_of_another_resolved_precision_is_refused(tmp_path, monkeypat
 
 
 @pytest.mark.reliability
+@pytest.mark.parametrize("change", ["labels", "teacher", "augmentation", "draws"])
+def test_checkpoint_with_other_inputs_is_refused(tmp_path, change):
+    # An interrupted run whose inputs changed upstream (new labels, another selected teacher, another
+    # augmentation, another stream of draws) must start over, not resume with mixed inputs.
+    ckpt = tmp_path / "ckpt.pt"
+
+    def run(data=None, teacher_seed=0, aug=Augmentation(crop_padding=2, hflip=True), draws="student"):
+        teacher = build_model(WRNSpec(10, 1), teacher_seed)
+        return fit(build_model(WRNSpec(10, 1), 1), data or _data(), CFG, get_method("hinton"), MethodParams(),
+                   teacher=teacher, augmentation=aug, checkpoint_path=ckpt, device="cpu", log=lambda s: None,
+                   draws=draws)
+
+    run()
+    other = {"labels": dict(data=ImageData(_data().images, (_data().labels + 1) % 10, _data().classes)),
+             "teacher": dict(teacher_seed=5), "augmentation": dict(aug=Augmentation(crop_padding=1, hflip=False)),
+             "draws": dict(draws="teacher")}[change]
+    with pytest.raises(NoiseKDError, match="different run"):
+        run(**other)
+    run()  # the same inputs resume
+
+
+def test_teacher_and_student_of_one_seed_draw_independently():
+    # The workflow trains teachers and students with the same seed numbers; their draws must differ.
+    seen = {}
+    original = noisekd.data.DeviceSampler.gather
+
+    for draws in ("teacher", "student", ""):
+        batches = []
+
+        def spy(self, idx, batches=batches):
+            batches.append(idx.clone())
+            return original(self, idx)
+
+        noisekd.data.DeviceSampler.gather = spy
+        try:
+            fit(build_model(WRNSpec(10, 1), 1), _data(), TrainConfig(epochs=1, milestones=(), batch_size=32, seed=2),
+                get_method("baseline"), augmentation=None, device="cpu", log=lambda s: None, draws=draws)
+        finally:
+            noisekd.data.DeviceSampler.gather = original
+        seen[draws] = torch.cat(batches)
+    assert not torch.equal(seen["teacher"], seen["student"])
+    # "" keeps the plain seed: the first permutation is torch.randperm from a generator seeded with 2
+    assert torch.equal(seen[""], torch.randperm(96, generator=torch.Generator().manual_seed(2)))
+
+
+@pytest.mark.reliability
 def test_non_finite_loss_stops_with_epoch_and_step():
     cfg = TrainConfig(epochs=3, milestones=(), lr=1e12, batch_size=32, seed=0, check_every=1)
     with pytest.raises(NoiseKDError, match=r"non-finite loss at epoch \d+, step \d+"):
