@@ -468,10 +468,10 @@ def linear_study(study: dict, out: dict) -> None:
 # Script plumbing
 
 
-def check_gpu_job(gpus: int, device: str, environ=os.environ, cuda_available=torch.cuda.is_available) -> None:
+def check_gpu_job(gpus: int, device: str | None, environ=os.environ, cuda_available=torch.cuda.is_available) -> None:
     """A SLURM job that asked for GPUs and sees none (a bad node, a wrong CUDA_VISIBLE_DEVICES) fails at
     once: with `device: auto` it would otherwise train on the CPU until its runtime limit."""
-    if gpus > 0 and device == "auto" and environ.get("SLURM_JOB_ID") and not cuda_available():
+    if gpus > 0 and device in (None, "auto") and environ.get("SLURM_JOB_ID") and not cuda_available():
         raise NoiseKDError(
             f"SLURM job {environ['SLURM_JOB_ID']} on {environ.get('SLURMD_NODENAME', 'this node')} asked for "
             f"{gpus} GPU(s) (config key resources.gpu) but sees no CUDA device (CUDA_VISIBLE_DEVICES="
