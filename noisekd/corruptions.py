@@ -10,9 +10,9 @@ Fidelity.  During development the script was run (ported only where APIs changed
 ``np.float64``, ``np.frombuffer``) with OpenCV 4.10, ImageMagick 6.9.11 Q16 (Wand), scikit-image 0.26 and scipy
 1.17 on natural 32x32 crops at every severity, feeding both sides the same random numbers: the outputs were
 bit-identical for every corruption except frost (see below) -- and glass_blur, whose port had made the script's
-pixel "swap" a real swap; it copies (see below), which the tests now check against the script's line as written.  The random corruptions draw from
-``np.random.default_rng(seed)`` instead of numpy's legacy global state, so they match the release in
-distribution, not pixel for pixel.
+pixel "swap" a real swap; it copies (see below), which the tests now check against the script's line as written.
+The random corruptions draw from ``np.random.default_rng(seed)`` instead of numpy's legacy global state, so they
+match the release in distribution, not pixel for pixel.
 
 Conventions shared by all corruptions
 -------------------------------------

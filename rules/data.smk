@@ -64,7 +64,7 @@ rule fetch_corruptions:
 
 rule prepare_corruptions:
     input:
-        unpack(lambda w: {"fetched": released_corruptions(w)}),
+        fetched=released_corruptions,
         test=f"{DATA}/test.npz",
     output:
         f"{DATA}/corruptions.npy",
