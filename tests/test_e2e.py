@@ -56,10 +56,21 @@ def _check_outputs(results: Path):
     assert metrics.git_commit.notna().all() and metrics.config_hash.nunique() == 1
 
 
+def _stale_copy_first(tmp_path: Path) -> dict:
+    """PYTHONPATH with a `noisekd` that fails on import ahead of site-packages: a stale installed copy.
+
+    The run must still pass, because the Snakefile and every job import this checkout's noisekd.
+    """
+    stale = tmp_path / "stale" / "noisekd"
+    stale.mkdir(parents=True)
+    (stale / "__init__.py").write_text('raise ImportError("a stale installed copy of noisekd was imported")\n')
+    return {"PYTHONPATH": str(stale.parent)}
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("local")
-    results, _ = _run_ci_preset(tmp, "local", "--cores", "2")
+    results, _ = _run_ci_preset(tmp, "local", "--cores", "2", env=_stale_copy_first(tmp))
     return results
 
 
@@ -95,6 +106,7 @@ def test_ci_preset_through_slurm_matches_the_local_run(local_run, tmp_path):
         pytest.skip(reason)
     logs_before = set((ROOT / ".snakemake" / "slurm_logs").rglob("*.log"))
     env, squeue_log = _counting_squeue(tmp_path)
+    env |= _stale_copy_first(tmp_path)
     t0 = time.time()
     results, proc = _run_ci_preset(tmp_path, "slurm", "--profile", "slurm", "--jobs", "4", timeout=1500, env=env)
     wall = time.time() - t0

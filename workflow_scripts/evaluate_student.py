@@ -1,3 +1,4 @@
+import this_checkout  # noqa: F401, I001 (first: noisekd from this checkout)
 from noisekd.pipeline import evaluate_model, run_step, student_identity
 from noisekd.plan import Plan
 

@@ -1,3 +1,4 @@
+import this_checkout  # noqa: F401, I001 (first: noisekd from this checkout)
 from noisekd.pipeline import best_teacher, evaluate_model, run_step, teacher_identity
 from noisekd.plan import Plan
 

@@ -1,3 +1,4 @@
+import this_checkout  # noqa: F401, I001 (first: noisekd from this checkout)
 from noisekd.pipeline import compute_teacher_logits, run_step
 from noisekd.plan import Plan
 
