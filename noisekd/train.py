@@ -37,7 +37,8 @@ CHECKPOINT_VERSION = 1
 PRECISIONS = ("auto", "bf16", "fp32")
 # Settings that change speed but not a single number of the run: not part of a checkpoint's identity.
 # (cache_teacher_logits is a workflow choice; where it applies, the run's identity records it.)
-SPEED_ONLY = ("cuda_graphs", "teacher_stream", "checkpoint_every", "check_every", "cache_teacher_logits")
+SPEED_ONLY = ("cuda_graphs", "teacher_stream", "checkpoint_every", "checkpoint_interval_s", "check_every",
+              "cache_teacher_logits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,6 +169,9 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     checkpoint_every: int = 1  # epochs between resumable checkpoints
+    # ... and at least this many seconds apart (0: no gate), so a one-second GPU epoch does not write
+    # (and fsync) one per epoch; a signal (SIGTERM, SIGUSR1) and the last epoch always save one.
+    checkpoint_interval_s: float = 0.0
     check_every: int = 50  # steps between (cheap) host checks for a non-finite loss
     # Speed settings.  precision: "auto" (bf16 autocast where the device computes bf16 natively:
     # CUDA, and CPUs with AVX512-BF16/AMX), "bf16" or "fp32"; losses always stay fp32.
@@ -193,6 +197,8 @@ class TrainConfig:
                 raise NoiseKDError(f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.batch_size < 1 or self.checkpoint_every < 1 or self.check_every < 1:
             raise NoiseKDError("train.batch_size, checkpoint_every and check_every must be >= 1")
+        if not math.isfinite(self.checkpoint_interval_s) or self.checkpoint_interval_s < 0:
+            raise NoiseKDError(f"train.checkpoint_interval_s must be a finite number >= 0, got {self.checkpoint_interval_s}")
         if self.precision not in PRECISIONS:
             raise NoiseKDError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
@@ -527,6 +533,7 @@ def fit(
     )
 
     flag = SIGNALLED
+    last_saved = time.monotonic()
     steps_per_epoch = len(sampler)
     n = len(data)
     log(
@@ -581,8 +588,11 @@ def fit(
                 f"train_acc {100 * record['train_acc']:6.2f}%  lr {lr:.5f}  {record['images_per_s']:9.1f} img/s"
             )
             perm, start_step = None, 0
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs or flag:
+            due = (epoch + 1) % config.checkpoint_every == 0 and (
+                time.monotonic() - last_saved >= config.checkpoint_interval_s)
+            if due or epoch + 1 == config.epochs or flag:
                 save_checkpoint(epoch + 1, 0, None)
+                last_saved = time.monotonic()
             if flag and epoch + 1 < config.epochs:
                 log(f"signal {flag['signal']}: checkpoint saved after epoch {epoch + 1}")
                 raise TrainingInterrupted(f"interrupted by signal {flag['signal']} after epoch {epoch + 1}")

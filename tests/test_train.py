@@ -102,6 +102,18 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_pa
     assert _equal(_state(_run(ckpt=ckpt)), reference)
 
 
+@pytest.mark.parametrize("interval_s, saves", [(0.0, 3), (1e9, 1)])
+def test_checkpoints_are_at_least_the_interval_apart_and_the_last_epoch_always_saves(tmp_path, monkeypatch,
+                                                                                     interval_s, saves):
+    written = []
+    real = noisekd.train.save_torch_atomic
+    monkeypatch.setattr(noisekd.train, "save_torch_atomic", lambda path, obj: (written.append(obj["epoch"]),
+                                                                               real(path, obj)))
+    cfg = TrainConfig(epochs=3, milestones=(2,), batch_size=32, seed=7, checkpoint_interval_s=interval_s)
+    _run(method="hinton", params=MethodParams(), cfg=cfg, ckpt=tmp_path / "ckpt.pt")
+    assert written == [1, 2, 3][-saves:]
+
+
 @pytest.mark.reliability
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
