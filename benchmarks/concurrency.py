@@ -1,6 +1,7 @@
 """Does running several training jobs on one GPU at once pay?  k identical KD runs side by side.
 
-    python -m benchmarks.concurrency --device cuda [--k 1,2,4] [--n 25000] [--epochs 4] [--mode processes,threads]
+    python -m benchmarks.concurrency --device cuda [--k 1,2,4] [--n 25000] [--epochs 4]
+                                     [--mode processes|threads|processes,threads]
                                      [--role kd|kd_cached|teacher|...] [--compile]
 
 For each k, starts k processes of ``benchmarks.train_step --roles kd`` at the same moment (the same

@@ -97,7 +97,8 @@ def from_records(device: torch.device, out_dir: Path) -> dict:
         raise SystemExit(f"no full train_step and pgd records for {device} under {out_dir}; run them first")
     used = [ts, pg]
     for role in ROLES:  # a step timed in a call of its own (e.g. `gpu_session.sh features`)
-        alone = None if ts.get(role) else newest("train_step", (role,), lambda r: r.get("settings") == ts.get("settings"))
+        same_settings = lambda r: r.get("settings") == ts.get("settings")  # noqa: E731
+        alone = None if ts.get(role) else newest("train_step", (role,), same_settings)
         if alone:
             ts = {**ts, role: {**alone[role], "n": alone["n"]}}
             used.append(alone)

@@ -8,8 +8,8 @@ synthetic CIFAR-sized uint8 data (seeded, class-dependent, so the loss is a real
 train), the student step (WRN-16-2), the KD step (WRN-40-2 -> WRN-16-2, Hinton KD), the Fickle Teacher
 step (`kd_fickle`: dropout 0.4 kept active in the teacher) and the KD step as the workflow runs it for
 Hinton/SR/MC/Noisy Teacher students (`kd_cached`: the teacher's logits looked up in its table of every
-image x crop/flip, `noisekd.teacher_logits`) and the feature methods' step (`kd_features`: RKD-DA + Hinton, the teacher live
-for its features).  Building that table is
+image x crop/flip, `noisekd.teacher_logits`) and the feature methods' step (`kd_features`: RKD-DA +
+Hinton, the teacher live for its features).  Building that table is
 timed too (`teacher_table`: images x variants per second, on the first `--table-n` images; the table
 is tiled to N rows for the timed fit, which costs the same per step as the real one).  `fit` runs
 two epochs (`--epochs`) over N images; the first warms up (allocator, cuDNN, CUDA-graph capture,

@@ -170,7 +170,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     # ... and at least this many seconds apart (0: no gate), so a one-second GPU epoch does not write
-    # (and fsync) one per epoch; a signal (SIGTERM, SIGUSR1) and the last epoch always save one.
+    # (and fsync) one per epoch; a signal (SIGTERM, SIGINT) and the last epoch always save one.
     checkpoint_interval_s: float = 0.0
     check_every: int = 50  # steps between (cheap) host checks for a non-finite loss
     # Speed settings.  precision: "auto" (bf16 autocast where the device computes bf16 natively:
@@ -198,7 +198,8 @@ class TrainConfig:
         if self.batch_size < 1 or self.checkpoint_every < 1 or self.check_every < 1:
             raise NoiseKDError("train.batch_size, checkpoint_every and check_every must be >= 1")
         if not math.isfinite(self.checkpoint_interval_s) or self.checkpoint_interval_s < 0:
-            raise NoiseKDError(f"train.checkpoint_interval_s must be a finite number >= 0, got {self.checkpoint_interval_s}")
+            raise NoiseKDError(
+                f"train.checkpoint_interval_s must be a finite number >= 0, got {self.checkpoint_interval_s}")
         if self.precision not in PRECISIONS:
             raise NoiseKDError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
