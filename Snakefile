@@ -5,13 +5,10 @@ snakemake --configfile presets/demo.yaml --cores 2 all_tables   # offline demo, 
 snakemake --configfile presets/demo.yaml --cores 2 figure2      # one figure, only what it needs
 """
 
-import sys
-
 from snakemake.utils import min_version, validate
 
-# This checkout's noisekd, ahead of any installed copy (the jobs do the same: workflow_scripts/this_checkout.py).
-sys.path.insert(0, workflow.basedir)
-
+# Snakemake puts this folder first on the path, so this checkout's noisekd is imported here; the jobs
+# do the same through workflow_scripts/this_checkout.py.
 from noisekd.config import check_config
 from noisekd.plan import REPORTS, Plan, report_inputs, report_names
 

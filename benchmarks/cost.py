@@ -6,7 +6,7 @@ Measures on this device (or, with ``--from-records``, reads the newest ``train_s
 ``concurrency`` records for it under results/benchmarks/, or in a JSON-lines file of records such as
 benchmarks/records/h100-2026-11-22.jsonl):
 - training images/s of the teacher (WRN-40-2; with dropout, `teacher_dropout`, for the Fickle Teacher
-  teachers), the student alone (WRN-16-2), the KD step (both), the Fickle Teacher step (`kd_fickle`)
+  teachers), the student alone (WRN-16-2), the KD step (both), the Fickle Teacher step (`kd_fickle`),
   the KD step with the teacher's logits looked up (`kd_cached`) and the feature methods' step
   (`kd_features`), through `noisekd.train.fit`, as
   `benchmarks.train_step` does, and each one's first-epoch warm-up; the build rate of a teacher's
@@ -96,9 +96,9 @@ def from_records(device: torch.device, out_dir: Path) -> dict:
     if ts is None or pg is None:
         raise SystemExit(f"no full train_step and pgd records for {device} under {out_dir}; run them first")
     used = [ts, pg]
+    settings = ts.get("settings")
     for role in ROLES:  # a step timed in a call of its own (e.g. `gpu_session.sh features`)
-        same_settings = lambda r: r.get("settings") == ts.get("settings")  # noqa: E731
-        alone = None if ts.get(role) else newest("train_step", (role,), same_settings)
+        alone = None if ts.get(role) else newest("train_step", (role,), lambda r: r.get("settings") == settings)
         if alone:
             ts = {**ts, role: {**alone[role], "n": alone["n"]}}
             used.append(alone)
