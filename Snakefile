@@ -22,7 +22,6 @@ configfile: "config.yaml"
 check_config(config)
 validate(config, "schemas/config.schema.yaml")
 PLAN = Plan(config)
-R = PLAN.results
 
 
 include: "rules/common.smk"

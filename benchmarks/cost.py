@@ -43,7 +43,7 @@ import torch
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit
 from benchmarks.train_step import ROLES, inference_rate, synthetic_cifar, time_fit
 from noisekd.config import load_config
-from noisekd.data import Augmentation, augmentation_variants
+from noisekd.settings import Augmentation, augmentation_variants
 from noisekd.methods import get_method
 from noisekd.plan import Plan
 from noisekd.train import FEATURE_TERMS

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit, sync
 from noisekd import teacher_logits
-from noisekd.data import Augmentation, ImageData, augmentation_variants
+from noisekd.data import ImageData
+from noisekd.settings import Augmentation, augmentation_variants
 from noisekd.methods import MethodParams, get_method
 from noisekd.models import WRNSpec
 from noisekd.train import TrainConfig, build_model, fit, resolve_numerics, resolve_precision

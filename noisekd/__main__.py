@@ -20,7 +20,8 @@ import torch
 from .attacks import PAPER_EPS, PAPER_RESTARTS, PAPER_STEP_SIZE
 from .data import ImageData
 from .evaluate import ATTACK_BATCH_SIZE, AttackSetting, accuracy, attack_rows, corruption_rows, finish_rows, write_rows
-from .io import NoiseKDError, load_torch
+from .errors import NoiseKDError
+from .io import load_torch
 from .provenance import provenance
 from .train import inference_model, load_model, resolve_device
 
@@ -101,7 +102,8 @@ def evaluate_command(args) -> None:
                 "params": json.dumps(summary.get("params", {}), sort_keys=True),
                 "label_corruption": (run.get("label_corruption") or {}).get("rate", 0.0), "seed": run.get("seed"),
                 "teacher_seed": run.get("teacher_seed")}
-    write_rows(finish_rows(rows, identity, provenance(summary, device)), args.out, config=summary)
+    recorded = summary.get("settings")  # what the model was trained with (workflow models record it)
+    write_rows(finish_rows(rows, identity, provenance(recorded, device)), args.out, settings=recorded)
     log.info(f"{len(rows)} rows written to {args.out} in {time.perf_counter() - t0:.1f}s")
 
 

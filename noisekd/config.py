@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .io import NoiseKDError
+from .errors import NoiseKDError
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 

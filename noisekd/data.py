@@ -16,7 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io import NoiseKDError, atomic_path
+from .errors import NoiseKDError
+from .io import atomic_path
+from .settings import Augmentation
 
 
 @dataclass
@@ -88,22 +90,6 @@ def load_image_data(path: str | os.PathLike) -> ImageData:
 
 # ---------------------------------------------------------------------------------------------
 # Augmentation
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Per-dataset training augmentation: random crop with zero padding and optional h-flip."""
-
-    crop_padding: int = 4
-    hflip: bool = True
-
-
-def augmentation_variants(aug: Augmentation | None) -> int:
-    """How many distinct images `aug` makes of one image: (2p + 1)^2 crop offsets, times 2 with flips."""
-    if aug is None:
-        return 1
-    side = 2 * aug.crop_padding + 1
-    return side * side * (2 if aug.hflip else 1)
 
 
 def draw_crop_flip(b: int, aug: Augmentation, device: torch.device, generator: torch.Generator) -> torch.Tensor:

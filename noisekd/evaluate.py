@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,31 +27,19 @@ import torch
 
 from .attacks import robust_accuracy_curve
 from .data import ImageData, to_float
-from .io import NoiseKDError, atomic_path
+from .errors import NoiseKDError
+from .io import atomic_path
+from .settings import AttackSetting
 
 ROW_COLUMNS = (
     "run_id", "role", "dataset", "method", "cell", "params", "label_corruption", "seed", "teacher_seed",
     "metric", "corruption", "severity", "attack", "steps", "eps", "step_size", "restarts", "value",
-    "config_hash", "git_commit", "versions", "device",
+    "settings_hash", "git_commit", "versions", "device",
 )
 
 
 ATTACK_BATCH_SIZE = 5000
 """(sample, restart) rows per PGD pass in evaluation (config key evaluation.pgd.batch_size)."""
-
-
-@dataclass(frozen=True)
-class AttackSetting:
-    """One PGD evaluation: eps and step size in [0, 1] pixel units."""
-
-    steps: int
-    eps: float
-    step_size: float
-    restarts: int = 5
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.restarts < 1 or not (self.eps >= 0) or not (self.step_size >= 0):
-            raise NoiseKDError(f"invalid attack setting {self}")
 
 
 @torch.no_grad()
@@ -176,28 +163,31 @@ def rows_frame(rows: list[dict]):
     return frame
 
 
-CONFIG_METADATA_KEY = b"noisekd.config"
+SETTINGS_METADATA_KEY = b"noisekd.settings"
 
 
-def write_rows(rows: list[dict], path: str | Path, config: dict | None = None) -> None:
-    """Rows to parquet; `config` (the run's whole config, which the rows' config_hash names) goes into
-    the file's key-value metadata, so a file resolves its own hash (`read_rows_config`)."""
+def write_rows(rows: list[dict], path: str | Path, settings: dict | None = None) -> None:
+    """Rows to parquet; `settings` (what the rows were computed with, which their settings_hash names;
+    see `noisekd.lineage`) go into the file's key-value metadata (`read_rows_settings`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(rows_frame(rows), preserve_index=False)
-    if config is not None:
-        blob = json.dumps(config, sort_keys=True, default=str).encode()
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), CONFIG_METADATA_KEY: blob})
+    if settings is not None:
+        blob = json.dumps(settings, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SETTINGS_METADATA_KEY: blob})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
-def read_rows_config(path: str | Path) -> dict | None:
-    """The config stored with a rows file by `write_rows`, or None."""
+def read_rows_settings(path: str | Path) -> dict | None:
+    """The settings stored with a rows file by `write_rows`, or None."""
     import pyarrow.parquet as pq
 
-    blob = (pq.read_schema(path).metadata or {}).get(CONFIG_METADATA_KEY)
+    try:
+        blob = (pq.read_schema(path).metadata or {}).get(SETTINGS_METADATA_KEY)
+    except (OSError, ValueError) as exc:
+        raise NoiseKDError(f"result file {path} is unreadable (truncated or corrupt?): {exc}") from None
     return json.loads(blob) if blob else None
 
 

@@ -18,9 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-
-class NoiseKDError(Exception):
-    """An error whose message is meant for the user as it is: one line naming the culprit."""
+from .errors import NoiseKDError
 
 
 def _umask() -> int:

@@ -88,7 +88,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .io import NoiseKDError  # noqa: E402
+from .errors import NoiseKDError  # noqa: E402
 from .linear_study_config import FACTORS, StudyConfig  # noqa: E402
 from .report import Column, Row, Table, TableCell, write_figure, write_table  # noqa: E402
 

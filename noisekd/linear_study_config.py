@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .io import NoiseKDError
+from .errors import NoiseKDError
 
 FACTORS: dict[str, tuple[str, ...]] = {
     "training": ("early_stopped", "zero_loss"),

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Callable, Literal
 
-from .io import NoiseKDError
+from .errors import NoiseKDError
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,22 @@ class MethodParams:
 
 Weights = Callable[[MethodParams], dict[str, float]]
 
+# Loss terms that read a method parameter themselves, beyond their weight (see noisekd.train.TERMS).
+TERM_PARAMS: dict[str, tuple[str, ...]] = {"kd": ("tau",)}
+# Loss terms that a teacher's logits alone serve: a logits table can then stand in for the teacher.
+LOGIT_TERMS = frozenset({"ce", "kd", "logit_l2"})
+
+
+class _Reads:
+    """Stands in for MethodParams and records which fields a weight function reads."""
+
+    def __init__(self, params: MethodParams):
+        self._params, self.names = params, set()
+
+    def __getattr__(self, name: str):
+        self.names.add(name)
+        return getattr(self._params, name)
+
 
 @dataclass(frozen=True)
 class Method:
@@ -82,6 +98,34 @@ class Method:
 
     def terms(self, params: MethodParams) -> dict[str, float]:
         return {name: float(w) for name, w in self.weights(params).items() if w != 0}
+
+    def reads(self, params: MethodParams) -> tuple[str, ...]:
+        """The parameters that change this method's student: its weights' inputs, its loss terms' own
+        and its noise's.  A student's settings hold these alone, so that editing another one (tau, for a
+        baseline or an AT student) reruns nothing."""
+        recorder = _Reads(params)
+        self.weights(recorder)  # type: ignore[arg-type]
+        names = set(recorder.names)
+        for term in self.terms(params):
+            names.update(TERM_PARAMS.get(term, ()))
+        if self.student_input == "gaussian":
+            names |= {"sigma", "clip_noisy_input"}
+        if self.fickle_teacher:
+            names.add("dropout")
+        if self.relabel:
+            names.add("mc_rate")
+        if self.perturb_teacher_logits:
+            names |= {"nt_sigma", "nt_rate"}
+        return tuple(f.name for f in fields(MethodParams) if f.name in names)
+
+    def settings(self, params: MethodParams) -> dict:
+        """The values of `reads(params)`: a student job's `method_params` settings."""
+        return {name: getattr(params, name) for name in self.reads(params)}
+
+    def cacheable(self, params: MethodParams) -> bool:
+        """Whether the teacher contributes only logits of the clean image and is deterministic, so a
+        table of its logits (`noisekd.teacher_logits`) can stand in for it."""
+        return self.teacher and not self.fickle_teacher and set(self.terms(params)) <= LOGIT_TERMS
 
     def check(self, params: MethodParams) -> None:
         """Refuse parameter values that would silently turn a method into another one."""

@@ -15,12 +15,13 @@ import contextlib
 import copy
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .settings import WRNSpec
 
 
 class Features(NamedTuple):
@@ -89,29 +90,6 @@ class BasicBlock(nn.Module):
         out = self.conv2(self.dropout(F.relu(self.bn2(out))))
         # The projection sees the BN-ReLU'd input, as in the reference WRN code.
         return out + (x if self.shortcut is None else self.shortcut(pre))
-
-
-@dataclass(frozen=True)
-class WRNSpec:
-    """Everything needed to rebuild a network; stored in every checkpoint."""
-
-    depth: int
-    width: int
-    num_classes: int = 10
-    dropout: float = 0.0
-    in_channels: int = 3
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-
-    @property
-    def name(self) -> str:
-        return f"WRN-{self.depth}-{self.width}"
-
-    def same_architecture(self, other: "WRNSpec") -> bool:
-        """Dropout is a training-time choice, not part of the weights' shape."""
-        a, b = asdict(self), asdict(other)
-        a.pop("dropout"), b.pop("dropout")
-        return a == b
 
 
 class WideResNet(nn.Module):

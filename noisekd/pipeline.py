@@ -1,7 +1,10 @@
-"""The workflow's steps as plain functions of paths and config values.
+"""The workflow's steps as plain functions of settings, paths and a runtime.
 
 Each Snakemake rule calls one of these through a three-line script in `workflow_scripts/`, so every
-step can also be run and tested from Python without Snakemake.  Every output is written atomically.
+step can also be run and tested from Python without Snakemake.  A step's `settings` are its rule
+`params:` (what the plan resolved for that job, `noisekd.plan.Plan.settings`): everything that
+changes its numbers, and the lineage that its outputs record.  `runtime` (`noisekd.settings.Runtime`)
+says only where and how fast it runs.  Every output is written atomically.
 """
 
 from __future__ import annotations
@@ -18,23 +21,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import Augmentation, ImageData, corrupt_labels, load_image_data, save_image_data, stratified_split
-from .evaluate import (
-    ATTACK_BATCH_SIZE,
-    accuracy,
-    attack_rows,
-    corruption_rows,
-    finish_rows,
-    load_corrupted_stack,
-    write_rows,
-)
-from .io import NoiseKDError, atomic_path, write_json_atomic
+from . import lineage, selection, teacher_logits
+from .data import ImageData, corrupt_labels, load_image_data, save_image_data, stratified_split
+from .errors import NoiseKDError
+from .evaluate import accuracy, attack_rows, corruption_rows, finish_rows, load_corrupted_stack, read_rows_settings, write_rows
+from .io import atomic_path, write_json_atomic
+from .layout import CHECKPOINT, Layout
 from .methods import MethodParams, get_method
-from .plan import Plan
 from .provenance import provenance
-from . import teacher_logits
-from .train import (TrainConfig, TrainingInterrupted, build_model, fit, inference_model, load_model, resolve_device,
-                    resolve_numerics, run_side_by_side, save_model)
+from .settings import Augmentation, AttackSetting, Runtime, TrainConfig, WRNSpec
+from .train import (TrainingInterrupted, build_model, fit, inference_model, load_model, model_summary,
+                    resolve_device, resolve_numerics, run_side_by_side, save_model)
 
 log = logging.getLogger("noisekd")
 
@@ -43,63 +40,60 @@ log = logging.getLogger("noisekd")
 # Data
 
 
-def prepare_dataset(dataset_config: dict, data_dir: str, selection: dict, out: dict[str, str]) -> None:
+def prepare_dataset(settings: dict, runtime: Runtime, out: dict[str, str]) -> None:
     """Train/val/test .npz for one dataset.  `val` is a seeded stratified hold-out of the training
-    set when teachers are selected by validation accuracy, else empty (and train is complete)."""
+    set where the settings hold one out (teachers can then be selected on it), else empty."""
     from .sources import prepare_dataset as load
 
-    source = dataset_config["source"]
-    options = {}
+    data = settings["data"]
+    source = data["source"]
     if source == "digits":
-        options = {k: dataset_config[k] for k in ("size", "test_fraction") if k in dataset_config}
-        options["seed"] = dataset_config.get("split_seed", 0)
+        options = {k: data[k] for k in ("size", "test_fraction") if k in data}
+        options["seed"] = data.get("split_seed", 0)
     else:
-        options["download"] = True
-    splits = load(source, Path(data_dir) / source, **options)
+        options = {"download": True}
+    splits = load(source, Path(runtime.data_dir) / source, **options)
     train, test = splits["train"], splits["test"]
-    if selection.get("by", "test") == "validation":
-        keep, held = stratified_split(train.labels, selection["validation_fraction"], selection.get("seed", 0))
+    if data["holdout"]:
+        keep, held = stratified_split(train.labels, data["holdout"]["fraction"], data["holdout"]["seed"])
         train, val = train.subset(keep), train.subset(held)
     else:
         val = train.subset(torch.zeros(0, dtype=torch.long))
-    for name, data in (("train", train), ("val", val), ("test", test)):
-        save_image_data(data, out[name])
-        log.info(f"{source} {name}: {len(data)} images of shape {tuple(data.images.shape[1:])}")
+    for name, split in (("train", train), ("val", val), ("test", test)):
+        save_image_data(split, out[name])
+        log.info(f"{source} {name}: {len(split)} images of shape {tuple(split.images.shape[1:])}")
 
 
-def prepare_ood(dataset_config: dict, data_dir: str, test_path: str, out_path: str) -> None:
+def prepare_ood(settings: dict, runtime: Runtime, test_path: str, out_path: str) -> None:
     from .sources import prepare_ood as load
 
-    ood = dict(dataset_config["ood"])
+    ood = dict(settings["ood"])
     source = ood.pop("source")
     if source == "printed_digits":
-        test = load_image_data(test_path)
-        ood.setdefault("size", test.images.shape[-1])
+        ood.setdefault("size", load_image_data(test_path).images.shape[-1])
     else:
         ood["download"] = True
-    data = load(source, Path(data_dir) / source, **ood)
+    data = load(source, Path(runtime.data_dir) / source, **ood)
     save_image_data(data, out_path)
     log.info(f"out-of-distribution set {source}: {len(data)} images")
 
 
-def fetch_corruptions(dataset_config: dict, data_dir: str, out_path: str) -> None:
+def fetch_corruptions(runtime: Runtime, out_path: str) -> None:
     """Download, md5-check and extract the released CIFAR-10-C into <data_dir>/cifar10c (a local job:
     compute nodes often have no internet), then record where it lies."""
     from .sources import download_cifar10c
     from .sources.cifar10c import CIFAR10C_MD5
 
-    if dataset_config["source"] != "cifar10":
-        raise NoiseKDError("corruptions.source 'released' exists only for cifar10; use 'generate'")
-    folder = download_cifar10c(Path(data_dir) / "cifar10c")
+    folder = download_cifar10c(Path(runtime.data_dir) / "cifar10c")
     write_json_atomic(out_path, {"folder": str(folder), "archive_md5": CIFAR10C_MD5})
 
 
-def prepare_corruptions(dataset_config: dict, data_dir: str, test_path: str, out_path: str) -> None:
+def prepare_corruptions(settings: dict, runtime: Runtime, test_path: str, out_path: str) -> None:
     """A (19, 5, N, C, H, W) uint8 stack in the test set's order: the released CIFAR-10-C, or the
     corruptions regenerated with `noisekd.corruptions` (any dataset)."""
     from .corruptions import CORRUPTIONS, corrupt
 
-    spec = dataset_config["corruptions"]
+    spec = settings["corruptions"]
     test = load_image_data(test_path)
     n, c, h, w = test.images.shape
     with atomic_path(out_path) as tmp:
@@ -107,11 +101,9 @@ def prepare_corruptions(dataset_config: dict, data_dir: str, test_path: str, out
         if spec["source"] == "released":
             from .sources import load_cifar10c
 
-            if dataset_config["source"] != "cifar10":
-                raise NoiseKDError("corruptions.source 'released' exists only for cifar10; use 'generate'")
             for i, name in enumerate(CORRUPTIONS):
                 for s in range(1, 6):
-                    data = load_cifar10c(Path(data_dir) / "cifar10c", name, s)  # fetched by fetch_corruptions
+                    data = load_cifar10c(Path(runtime.data_dir) / "cifar10c", name, s)  # fetched by fetch_corruptions
                     if not torch.equal(data.labels, test.labels):
                         raise NoiseKDError(f"CIFAR-10-C {name} labels are not in CIFAR-10 test order")
                     stack[i, s - 1] = data.images.numpy()
@@ -122,15 +114,16 @@ def prepare_corruptions(dataset_config: dict, data_dir: str, test_path: str, out
             for i, name in enumerate(CORRUPTIONS):
                 t0 = time.perf_counter()
                 for s in range(1, 6):
-                    out = corrupt(nhwc, name, s, seed=spec.get("seed", 0) * 100 + i * 5 + s)
+                    out = corrupt(nhwc, name, s, seed=spec["seed"] * 100 + i * 5 + s)
                     stack[i, s - 1] = np.ascontiguousarray(out.transpose(0, 3, 1, 2)[:, :c])
                 log.info(f"{name}: 5 severities x {n} images in {time.perf_counter() - t0:.1f}s")
         stack.flush()
         del stack
 
 
-def corrupt_training_labels(train_path: str, rate: float, seed: int, out_path: str) -> None:
+def corrupt_training_labels(settings: dict, train_path: str, out_path: str) -> None:
     """Static label corruption shared by the teacher and the students of a Messy Collaboration cell."""
+    rate, seed = settings["labels"]["rate"], settings["labels"]["seed"]
     train = load_image_data(train_path)
     labels, indices = corrupt_labels(train.labels, rate, train.num_classes, seed)
     with atomic_path(out_path) as tmp:
@@ -140,10 +133,13 @@ def corrupt_training_labels(train_path: str, rate: float, seed: int, out_path: s
     log.info(f"label corruption {rate}: {len(indices)} labels re-drawn, {changed} actually changed")
 
 
-def load_training_labels(train: ImageData, labels_path: str | None) -> ImageData:
+def load_training_labels(train: ImageData, labels_path: str | None, expected: dict | None = None) -> ImageData:
     """The training set with the statically corrupted labels of `labels_path`, if given; its meta
-    records the rate, seed, file and re-drawn indices, which the run summary keeps."""
+    records the rate, seed, file and re-drawn indices, which the run summary keeps.  `expected`, the
+    run's `labels` settings, must match the file's rate and seed."""
     if not labels_path:
+        if expected:
+            raise NoiseKDError(f"the settings ask for corrupted labels {expected}, but no label file was given")
         return train
     try:
         with np.load(labels_path) as z:
@@ -153,6 +149,9 @@ def load_training_labels(train: ImageData, labels_path: str | None) -> ImageData
         raise NoiseKDError(f"label file {labels_path} is unreadable: {exc}") from None
     if labels.shape != train.labels.shape:
         raise NoiseKDError(f"label file {labels_path} does not match the training set size")
+    if expected is not None and (rate, seed) != (expected["rate"], expected["seed"]):
+        raise NoiseKDError(f"label file {labels_path} has rate {rate} and seed {seed}, the settings ask for "
+                           f"rate {expected['rate']} and seed {expected['seed']}")
     corruption = {"rate": rate, "seed": seed, "file": str(labels_path), "corrupted_indices": indices}
     return train.with_labels(labels, label_corruption=corruption)
 
@@ -166,77 +165,107 @@ def _normalisation(train: ImageData) -> tuple[list[float], list[float]]:
     return x.mean((0, 2, 3)).tolist(), x.std((0, 2, 3)).tolist()
 
 
-def train_teachers(plan: Plan, dataset: str, kind: str, seeds: list[int], inputs: dict, outs: list[dict],
-                   threads: int) -> None:
-    """Every seed of one teacher kind, side by side on one GPU (one after another on a CPU)."""
-    torch.set_num_threads(threads)
-    share_compile_cache(plan)
-    device = resolve_device(plan.config.get("device"))
-    train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels")).to(device)
+def _network(block: dict, train: ImageData) -> WRNSpec:
+    """A run's network from its settings' `network` block, with the data's classes and normalisation."""
     mean, std = _normalisation(train)
-    spec = plan.teacher_spec(dataset, kind, train.num_classes, mean, std)
-    aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
+    net = block["network"]
+    return WRNSpec(net["depth"], net["width"], train.num_classes, float(net.get("dropout", 0.0)), 3, tuple(mean),
+                   tuple(std))
+
+
+def _training_set(settings: dict, inputs: dict, runtime: Runtime):
+    torch.set_num_threads(runtime.threads)
+    share_compile_cache(runtime)
+    device = resolve_device(runtime.device)
+    train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels"), settings["labels"])
+    return device, train.to(device)
+
+
+def train_teachers(settings: dict, seeds: list[int], inputs: dict, outs: list[dict], runtime: Runtime,
+                   name: dict | None = None) -> None:
+    """Every seed of one teacher kind, side by side on one GPU (one after another on a CPU); `name`
+    (dataset, kind) goes into the run summaries."""
+    device, train = _training_set(settings, inputs, runtime)
+    block = settings["teacher"]
+    spec, aug = _network(block, train), Augmentation(**block["augmentation"])
     held_out = {split: load_image_data(inputs[split]).to(device) for split in ("val", "test")}
 
     def run(seed: int, out: dict) -> None:
-        result = _fit(build_model(spec, seed), train, plan.train_config(seed), get_method("baseline"),
-                      MethodParams(), None, aug, out, device, seed, len(seeds),
-                      run_info={"role": "teacher", "dataset": dataset, "kind": kind, "seed": seed,
+        run_settings = {**settings, "seed": seed}
+        result = _fit(build_model(spec, seed), train, TrainConfig.from_settings(block["train"], runtime.speed, seed),
+                      get_method("baseline"), MethodParams(), None, aug, out, device, seed, len(seeds),
+                      run_info={**(name or {}), "role": "teacher", "seed": seed,
                                 "label_corruption": train.meta.get("label_corruption")})
-        selection = {f"{split}_acc": accuracy(result.model, data) for split, data in held_out.items() if len(data)}
-        _finish_run(result, out, extra=selection)
+        held = {f"{split}_acc": accuracy(result.model, data) for split, data in held_out.items() if len(data)}
+        _finish_run(result, out, extra={**held, "settings": run_settings})
 
     _train_side_by_side(run, seeds, outs, device)
 
 
-def train_students(plan: Plan, dataset: str, cell_name: str, seeds: list[int], inputs: dict, outs: list[dict],
-                   threads: int) -> None:
-    """Every seed of one student cell, side by side on one GPU (one after another on a CPU)."""
-    torch.set_num_threads(threads)
-    share_compile_cache(plan)
-    cell = plan.cell(dataset, cell_name)
-    method = get_method(cell.method)
-    params = plan.method_params(cell)
-    device = resolve_device(plan.config.get("device"))
-    train = load_training_labels(load_image_data(inputs["train"]), inputs.get("labels")).to(device)
-    mean, std = _normalisation(train)
-    aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
-    teacher, teacher_seed, cached = None, None, None
-    if inputs.get("teacher_logits"):
-        teacher_seed = selected_seed(inputs["best"])
-        precision, _ = resolve_numerics(plan.train_config(seeds[0], cell), device)
-        cached, ident = teacher_logits.load(inputs["teacher_logits"], train, aug, precision, train.num_classes)
-        cached = cached.to(device)  # once: the seeds trained side by side share it
-        if ident.get("teacher_seed") != teacher_seed:
-            raise NoiseKDError(f"teacher logits {inputs['teacher_logits']} are of teacher seed "
-                               f"{ident.get('teacher_seed')}, {inputs['best']} selects seed {teacher_seed}")
-        log.info(f"teacher logits of seed {teacher_seed} from {inputs['teacher_logits']} "
-                 f"({tuple(cached.shape)}, {cached.dtype})")
-    elif method.teacher:
-        path, teacher_seed = best_teacher(inputs["best"], inputs["teachers"])
-        teacher = load_model(path, device=device)
-        if teacher.spec.dropout != params.dropout and method.fickle_teacher:
-            raise NoiseKDError(f"teacher {path} has dropout {teacher.spec.dropout}, cell {cell_name} wants {params.dropout}")
-    spec = plan.student_spec(train.num_classes, mean, std)
+def train_students(settings: dict, seeds: list[int], inputs: dict, outs: list[dict], runtime: Runtime,
+                   teacher_seed: int | None = None, name: dict | None = None) -> None:
+    """Every seed of one student cell, side by side on one GPU (one after another on a CPU); `name`
+    (dataset, cell) goes into the run summaries.
+
+    The teacher is `inputs["teacher"]`: the selected teacher's model (its seed is `teacher_seed`) or,
+    for methods whose teacher gives only logits, its logits table (which records its seed)."""
+    device, train = _training_set(settings, inputs, runtime)
+    block = settings["student"]
+    method = get_method(block["method"])
+    params = MethodParams.from_dict(block["method_params"])
+    aug = Augmentation(**block["augmentation"])
+    teacher, cached = None, None
+    if method.teacher:
+        teacher, cached, teacher_seed = _load_teacher(settings, inputs.get("teacher"), teacher_seed, train, aug,
+                                                      runtime, device)
+    spec = _network(block, train)
 
     def run(seed: int, out: dict) -> None:
         # fit trains an inference copy of the teacher, so the runs can share the loaded one
-        result = _fit(build_model(spec, seed), train, plan.train_config(seed, cell), method, params, teacher, aug,
-                      out, device, seed, len(seeds),
-                      run_info={"role": "student", "dataset": dataset, "cell": cell_name, "seed": seed,
-                                "teacher_seed": teacher_seed, "label_corruption": train.meta.get("label_corruption")},
+        result = _fit(build_model(spec, seed), train, TrainConfig.from_settings(block["train"], runtime.speed, seed),
+                      method, params, teacher, aug, out, device, seed, len(seeds),
+                      run_info={**(name or {}), "role": "student", "seed": seed, "teacher_seed": teacher_seed,
+                                "label_corruption": train.meta.get("label_corruption")},
                       teacher_logits=cached)
-        _finish_run(result, out, extra={"teacher_seed": teacher_seed})
+        _finish_run(result, out, extra={"teacher_seed": teacher_seed, "settings": {**settings, "seed": seed}})
 
     _train_side_by_side(run, seeds, outs, device)
 
 
-def share_compile_cache(plan: Plan) -> None:
+def _load_teacher(settings: dict, path: str | None, teacher_seed, train: ImageData, aug: Augmentation,
+                  runtime: Runtime, device):
+    """(teacher model or None, logits table or None, teacher seed) of a student job, refused unless
+    the file is of the teacher these settings name (and of the selected seed, where one is given)."""
+    if not path:
+        raise NoiseKDError(f"method {settings['student']['method']} needs a teacher, but the job was given none")
+    method = get_method(settings["student"]["method"])
+    params = MethodParams.from_dict(settings["student"]["method_params"])
+    if runtime.speed.get("cache_teacher_logits", True) and method.cacheable(params):
+        precision, _ = resolve_numerics(TrainConfig.from_settings(settings["student"]["train"], runtime.speed, 0), device)
+        cached, ident = teacher_logits.load(path, train, aug, precision, train.num_classes)
+        teacher, found_settings, found_seed = None, ident.get("settings") or {}, ident.get("teacher_seed")
+        log.info(f"teacher logits of seed {found_seed} from {path} ({tuple(cached.shape)}, {cached.dtype})")
+        cached = cached.to(device)  # once: the seeds trained side by side share it
+    else:
+        teacher, cached = load_model(path, device=device), None
+        summary = model_summary(path)
+        found_settings, found_seed = summary.get("settings") or {}, summary.get("run", {}).get("seed")
+        if found_seed != teacher_seed:
+            raise NoiseKDError(f"teacher {path} is of seed {found_seed}, the selection names seed {teacher_seed}")
+    expected = {"data": settings["data"], "teacher": settings["teacher"]}
+    diff = lineage.first_difference({k: found_settings.get(k) for k in expected}, expected)
+    if diff:
+        raise NoiseKDError(f"teacher {path} was trained with {diff[0]} = {lineage.canonical(diff[1])}, "
+                           f"this student's settings name {lineage.canonical(diff[2])}")
+    return teacher, cached, found_seed
+
+
+def share_compile_cache(runtime: Runtime) -> None:
     """With train.compile, torch.compile's caches go to `<results_dir>/.cache/torchinductor` (unless
     TORCHINDUCTOR_CACHE_DIR says otherwise), so every later job of the same networks and shapes, on any
     node that shares the folder, reuses the kernels that the first one compiled."""
-    if plan.config["train"].get("compile"):
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(plan.results).resolve() / ".cache" / "torchinductor"))
+    if runtime.speed.get("compile"):
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", Layout(runtime.results_dir).compile_cache)
 
 
 def _train_side_by_side(run, seeds: list[int], outs: list[dict], device) -> None:
@@ -253,7 +282,7 @@ def _train_side_by_side(run, seeds: list[int], outs: list[dict], device) -> None
 
 
 def _checkpoint(out: dict) -> Path:
-    return Path(out["model"]).with_name("checkpoint.pt")
+    return Path(out["model"]).with_name(CHECKPOINT)
 
 
 def _fit(model, train, config: TrainConfig, method, params, teacher, aug, out, device, seed, runs, run_info,
@@ -272,52 +301,43 @@ def _finish_run(result, out: dict, extra: dict) -> None:
     summary = {**result.summary, **extra}
     write_json_atomic(out["summary"], summary)
     save_model(out["model"], result.model, summary=json.dumps(summary, default=str))
-    log.info("final summary: " + json.dumps({k: v for k, v in summary.items() if k != "history"}, default=str))
+    log.info("final summary: " + json.dumps({k: v for k, v in summary.items() if k not in ("history", "settings")},
+                                            default=str))
 
 
-def selected_seed(best_path: str) -> int:
-    """The teacher seed that `best_path` (select_teacher's output) selects."""
-    return json.loads(Path(best_path).read_text())["seed"]
-
-
-def best_teacher(best_path: str, models: list[str]) -> tuple[str, int]:
-    """(model file, seed) of the teacher that `best_path` (select_teacher's output) selects."""
-    seed = selected_seed(best_path)
-    for path in models:
-        if Path(path).parent.name == f"seed{seed}":
-            return path, seed
-    raise NoiseKDError(f"{best_path} selects teacher seed {seed}, which is not among {models}")
-
-
-def compute_teacher_logits(plan: Plan, dataset: str, kind: str, inputs: dict, out_path: str, threads: int) -> None:
+def compute_teacher_logits(settings: dict, teacher_seed: int, inputs: dict, out_path: str, runtime: Runtime) -> None:
     """The selected teacher's logits of every training image under every augmentation variant."""
-    torch.set_num_threads(threads)
-    device = resolve_device(plan.config.get("device"))
-    path, seed = best_teacher(inputs["best"], inputs["models"])
-    teacher = load_model(path, device=device)
+    torch.set_num_threads(runtime.threads)
+    device = resolve_device(runtime.device)
+    teacher = load_model(inputs["model"], device=device)
+    found = model_summary(inputs["model"]).get("run", {}).get("seed")
+    if found != teacher_seed:
+        raise NoiseKDError(f"teacher {inputs['model']} is of seed {found}, the selection names seed {teacher_seed}")
     train = load_image_data(inputs["train"]).to(device)
-    aug = Augmentation(**plan.dataset_configs[dataset]["augmentation"])
-    precision, channels_last = resolve_numerics(plan.train_config(0), device)
-    logits = teacher_logits.compute(teacher, train, aug, precision, channels_last,
-                                    plan.config["evaluation"]["batch_size"], log=log.info)
-    ident = {**teacher_logits.identity(path, train, aug, precision), "teacher_seed": seed, "kind": kind}
-    teacher_logits.save(out_path, logits, ident, provenance=provenance(plan.config, device))
+    aug = Augmentation(**settings["teacher"]["augmentation"])
+    numerics = TrainConfig.from_settings({**settings["teacher"]["train"], **settings["logits"]}, runtime.speed, 0)
+    precision, channels_last = resolve_numerics(numerics, device)
+    logits = teacher_logits.compute(teacher, train, aug, precision, channels_last, runtime.eval_batch_size,
+                                    log=log.info)
+    ident = {**teacher_logits.identity(inputs["model"], train, aug, precision), "teacher_seed": teacher_seed,
+             "settings": settings}
+    teacher_logits.save(out_path, logits, ident, provenance=provenance(settings, device))
     log.info(f"wrote {out_path}: {tuple(logits.shape)} {logits.dtype}")
 
 
-def select_teacher(summaries: list[str], by: str, out_path: str) -> None:
-    """Pick the teacher seed with the best selection accuracy (test, as the paper, or validation)."""
-    key = f"{'val' if by == 'validation' else 'test'}_acc"
+def select_teacher(summaries: list[str], out_path: str) -> None:
+    """The seed every selection rule picks (best test accuracy, as the paper; best validation accuracy
+    where a split is held out), from the teachers' summaries alone."""
     candidates = []
     for path in summaries:
         s = json.loads(Path(path).read_text())
-        if key not in s:
-            raise NoiseKDError(f"teacher summary {path} has no {key}")
-        candidates.append({"seed": s["run"]["seed"], key: s[key], "test_acc": s.get("test_acc")})
-    best = max(candidates, key=lambda c: (c[key], -c["seed"]))  # ties: lowest seed
-    write_json_atomic(out_path, {"seed": best["seed"], "selected_by": key, "accuracy": best[key],
-                                 "candidates": candidates})
-    log.info(f"selected teacher seed {best['seed']} ({key} {best[key]:.4f}) from {len(candidates)} seeds")
+        if "test_acc" not in s:
+            raise NoiseKDError(f"teacher summary {path} has no test_acc")
+        candidates.append({"seed": s["run"]["seed"], "test_acc": s["test_acc"], "val_acc": s.get("val_acc")})
+    chosen = selection.select(candidates)
+    write_json_atomic(out_path, chosen)
+    for rule, best in chosen["selected"].items():
+        log.info(f"by {rule} accuracy: seed {best['seed']} ({best['accuracy']:.4f}) of {len(candidates)} seeds")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,15 +357,15 @@ def _clean_and_ood_rows(model, test, ood, batch_size) -> list[dict]:
     return rows
 
 
-def evaluate_model(plan: Plan, identity: dict, model_path: str, inputs: dict, out_path: str, threads: int,
+def evaluate_model(settings: dict, identity: dict, model_path: str, inputs: dict, out_path: str, runtime: Runtime,
                    extra_rows: list[dict] = ()) -> None:
     """Clean, OOD and corruption metrics of one model as tidy parquet rows."""
     from .corruptions import CORRUPTIONS
 
-    torch.set_num_threads(threads)
-    device = resolve_device(plan.config.get("device"))
+    torch.set_num_threads(runtime.threads)
+    device = resolve_device(runtime.device)
     model = inference_model(load_model(model_path, device=device))
-    batch_size = plan.config["evaluation"]["batch_size"]
+    batch_size = runtime.eval_batch_size
     test, ood = _eval_data(inputs, device)
     t0 = time.perf_counter()
     rows = _clean_and_ood_rows(model, test, ood, batch_size)
@@ -356,73 +376,106 @@ def evaluate_model(plan: Plan, identity: dict, model_path: str, inputs: dict, ou
         if r["metric"] in ("test_acc", "ood_acc", "mca", "mca_cond"):
             log.info(f"{r['metric']}: {100 * r['value']:.2f}%")
     log.info(f"evaluated {model_path} in {time.perf_counter() - t0:.1f}s ({len(rows)} rows)")
-    write_rows(finish_rows(rows, identity, provenance(plan.config, device)), out_path, config=plan.config)
+    write_rows(finish_rows(rows, identity, provenance(settings, device)), out_path, settings=settings)
 
 
-def student_identity(plan: Plan, dataset: str, cell_name: str, seed: int, summary_path: str) -> dict:
-    cell = plan.cell(dataset, cell_name)
+def student_identity(settings: dict, dataset: str, cell: str, summary_path: str) -> dict:
+    """The identity columns of a student run's rows: who it is, and the teacher seed it learnt from."""
     summary = json.loads(Path(summary_path).read_text())
+    seed, block = settings["seed"], settings["student"]
+    if summary.get("settings", {}).get("seed", seed) != seed:
+        raise NoiseKDError(f"{summary_path} is of seed {summary['settings']['seed']}, this job evaluates seed {seed}")
     return {
-        "run_id": f"{dataset}/{cell_name}/seed{seed}", "role": "student", "dataset": dataset,
-        "method": cell.method, "cell": cell_name, "params": json.dumps(cell.params, sort_keys=True),
-        "label_corruption": cell.label_corruption, "seed": seed, "teacher_seed": summary.get("teacher_seed"),
+        "run_id": f"{dataset}/{cell}/seed{seed}", "role": "student", "dataset": dataset,
+        "method": block["method"], "cell": cell, "params": json.dumps(block["method_params"], sort_keys=True),
+        "label_corruption": (settings["labels"] or {}).get("rate", 0.0), "seed": seed,
+        "teacher_seed": summary.get("teacher_seed"),
     }
 
 
-def teacher_identity(plan: Plan, dataset: str, kind: str, best_path: str) -> tuple[dict, list[dict]]:
-    best = json.loads(Path(best_path).read_text())
-    k = plan.teacher_kinds[dataset][kind]
-    identity = {
-        "run_id": f"{dataset}/teacher-{kind}/seed{best['seed']}", "role": "teacher", "dataset": dataset,
-        "method": "teacher", "cell": kind, "params": json.dumps({"dropout": k.dropout}),
-        "label_corruption": k.label_corruption, "seed": best["seed"], "teacher_seed": best["seed"],
+def teacher_identity(settings: dict, dataset: str, kind: str, seed: int) -> dict:
+    """The identity columns of the selected teacher's rows."""
+    return {
+        "run_id": f"{dataset}/teacher-{kind}/seed{seed}", "role": "teacher", "dataset": dataset,
+        "method": "teacher", "cell": kind, "params": json.dumps({"dropout": settings["teacher"]["network"]["dropout"]}),
+        "label_corruption": (settings["labels"] or {}).get("rate", 0.0), "seed": seed, "teacher_seed": seed,
     }
-    candidates = [
-        {"role": "teacher_candidate", "seed": c["seed"], "run_id": f"{dataset}/teacher-{kind}/seed{c['seed']}",
-         "metric": "selection_acc", "value": c[best["selected_by"]]}
-        for c in best["candidates"]
-    ]
-    return identity, candidates
 
 
-def attack_model(plan: Plan, dataset: str, cell_name: str, seed: int, model_path: str, summary_path: str,
-                 test_path: str, out_path: str, threads: int) -> None:
-    torch.set_num_threads(threads)
-    device = resolve_device(plan.config.get("device"))
+def evaluate_teacher(settings: dict, dataset: str, kind: str, teacher_seed: int, inputs: dict, out_path: str,
+                     runtime: Runtime) -> None:
+    """The selected teacher's metrics, plus every candidate seed's selection accuracy."""
+    by = settings["selection"]["by"]
+    if selection.selected_seed(inputs["selection"], by) != teacher_seed:
+        raise NoiseKDError(f"{inputs['selection']} selects seed {selection.selected_seed(inputs['selection'], by)} "
+                           f"by {by} accuracy, this job was given seed {teacher_seed}")
+    identity = teacher_identity(settings, dataset, kind, teacher_seed)
+    candidates = [{**row, "run_id": f"{dataset}/teacher-{kind}/seed{row['seed']}"}
+                  for row in selection.candidate_rows(inputs["selection"], by)]
+    evaluate_model(settings, identity, inputs["model"], inputs, out_path, runtime, extra_rows=candidates)
+
+
+def attack_model(settings: dict, identity: dict, model_path: str, test_path: str, out_path: str,
+                 runtime: Runtime) -> None:
+    torch.set_num_threads(runtime.threads)
+    device = resolve_device(runtime.device)
     model = inference_model(load_model(model_path, device=device))
     test = load_image_data(test_path)
-    cell = plan.cell(dataset, cell_name)
-    batch_size = plan.config["evaluation"]["pgd"].get("batch_size", ATTACK_BATCH_SIZE)
-    rows = attack_rows(model, test, cell.attacks, seed=seed, batch_size=batch_size, log=log.info)
-    identity = student_identity(plan, dataset, cell_name, seed, summary_path)
-    write_rows(finish_rows(rows, identity, provenance(plan.config, device)), out_path, config=plan.config)
+    attack = settings["attack"]
+    attacks = [AttackSetting(**a) for a in attack["attacks"]]
+    rows = attack_rows(model, test, attacks, seed=settings["seed"], batch_size=attack["batch_size"], log=log.info)
+    write_rows(finish_rows(rows, identity, provenance(settings, device)), out_path, settings=settings)
 
 
 # ---------------------------------------------------------------------------------------------
 # Aggregation
 
 
-def aggregate(paths: list[str], out_path: str, manifest_path: str, config: dict) -> None:
-    """All result rows in one parquet, plus a manifest tracing every file to its provenance."""
+def check_results(runs: list[str], expected: dict, by: str) -> None:
+    """Refuse result files that were not computed with the settings `expected` names for them (see
+    `noisekd.lineage`), and rows whose teacher seed is not the one their selection file names by rule
+    `by` (teacher_selection.by: like the device, read from the config and not a param, since it changes
+    no number of a table whose students' teacher seeds stay the same)."""
+    import pandas as pd
+
+    wanted, selections = lineage.unpack(expected), expected["selections"]
+    seeds = {path: selection.selected_seed(path, by) for path in set(selections.values())}
+    for path in runs:
+        if path not in wanted:
+            raise NoiseKDError(f"{path} is not a result file of this config")
+        lineage.check(path, read_rows_settings(path), wanted[path])
+        if path in selections:
+            frame = pd.read_parquet(path, columns=["role", "teacher_seed"])
+            found = set(frame.loc[frame.role.isin(["student", "teacher"]), "teacher_seed"].dropna().astype(int))
+            seed = seeds[selections[path]]
+            if found != {seed}:
+                raise NoiseKDError(f"{path} was computed from teacher seed {sorted(found)}, but "
+                                   f"{selections[path]} now selects seed {seed} by {by} accuracy; rebuild it: "
+                                   f"snakemake --forcerun {path}")
+
+
+def aggregate(runs: list[str], expected: dict, by: str, out_path: str, manifest_path: str) -> None:
+    """All result rows in one parquet, plus a manifest tracing every file to its settings and code."""
     import hashlib
 
     import pandas as pd
 
-    from .provenance import git_commit, package_versions, settings_hash
+    from .provenance import git_commit, package_versions
 
-    frames = [pd.read_parquet(p) for p in paths]
+    check_results(runs, expected, by)
+    frames = [pd.read_parquet(p) for p in runs]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     with atomic_path(out_path) as tmp:
         frame.to_parquet(tmp, index=False)
     files = [{"path": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest(), "rows": len(f),
+              "settings_hash": sorted(set(f["settings_hash"].dropna())), "settings": read_rows_settings(p),
               "git_commit": sorted(set(f["git_commit"].dropna())) if "git_commit" in f else []}
-             for p, f in zip(paths, frames)]
+             for p, f in zip(runs, frames)]
     write_json_atomic(manifest_path, {
-        "config_hash": settings_hash(config), "config": config, "git_commit": git_commit(),
-        "versions": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": git_commit(), "versions": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "metrics": {"path": out_path, "rows": len(frame)}, "files": files,
     })
-    log.info(f"aggregated {len(frame)} rows from {len(paths)} files; manifest {manifest_path}")
+    log.info(f"aggregated {len(frame)} rows from {len(runs)} files; manifest {manifest_path}")
 
 
 def _read_rows(paths: list[str]):
@@ -433,29 +486,33 @@ def _read_rows(paths: list[str]):
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
 
 
-def make_table(plan: Plan, name: str, paths: list[str], out: dict) -> None:
-    from . import report
+def make_table(name: str, report: dict, expected: dict, by: str, runs: list[str], out: dict) -> None:
+    from . import report as reports
+    from .plan import ReportContext
 
-    table = report.TABLES[name](_read_rows(paths), plan)
-    report.write_table(table, out["md"], out["tex"], out["csv"])
-    log.info(f"{name} written from {len(paths)} result files")
-
-
-def make_figure(plan: Plan, name: str, paths: list[str], out: dict) -> None:
-    from . import report
-
-    figure = report.FIGURES[name](_read_rows(paths), plan)
-    report.write_figure(figure, out["png"], out["pdf"])
-    log.info(f"{name} written from {len(paths)} result files")
+    check_results(runs, expected, by)
+    table = reports.TABLES[name](_read_rows(runs), ReportContext.from_params(report))
+    reports.write_table(table, out["md"], out["tex"], out["csv"])
+    log.info(f"{name} written from {len(runs)} result files")
 
 
-def linear_study(study: dict, out: dict) -> None:
+def make_figure(name: str, report: dict, expected: dict, by: str, runs: list[str], out: dict) -> None:
+    from . import report as reports
+    from .plan import ReportContext
+
+    check_results(runs, expected, by)
+    figure = reports.FIGURES[name](_read_rows(runs), ReportContext.from_params(report))
+    reports.write_figure(figure, out["png"], out["pdf"])
+    log.info(f"{name} written from {len(runs)} result files")
+
+
+def linear_study(settings: dict, out: dict) -> None:
     """Seed 003's deep linear study: tidy frames, the success/failure table and learning curves."""
     from . import linear_study as ls
     from . import report
 
     t0 = time.perf_counter()
-    results, curves = ls.run_study(ls.StudyConfig.from_dict(study))
+    results, curves = ls.run_study(ls.StudyConfig.from_dict(settings))
     for key, frame in (("results", results), ("curves", curves)):
         with atomic_path(out[key]) as tmp:
             frame.to_parquet(tmp, index=False)
@@ -476,6 +533,19 @@ def check_gpu_job(gpus: int, device: str | None, environ=os.environ, cuda_availa
             f"SLURM job {environ['SLURM_JOB_ID']} on {environ.get('SLURMD_NODENAME', 'this node')} asked for "
             f"{gpus} GPU(s) (config key resources.gpu) but sees no CUDA device (CUDA_VISIBLE_DEVICES="
             f"{environ.get('CUDA_VISIBLE_DEVICES')!r}); set device: cpu to run on CPUs")
+
+
+def settings_of(snakemake) -> dict:
+    """A Snakemake job's settings: its rule params, one per settings block (noisekd.plan.SETTINGS_BLOCKS)."""
+    from .plan import SETTINGS_BLOCKS
+
+    return {block: snakemake.params[block] for block in SETTINGS_BLOCKS[snakemake.rule]}
+
+
+def runtime_of(snakemake) -> Runtime:
+    """Where and how fast a Snakemake job runs: the config's device, speed and location keys, which
+    are deliberately not its settings (changing them reruns nothing)."""
+    return Runtime.from_config(snakemake.config, snakemake.threads)
 
 
 def run_step(snakemake, step: Callable[..., None], **kwargs) -> None:

@@ -1,7 +1,9 @@
 """From a workflow config to the static plan of runs: teacher kinds, student cells, evaluations.
 
-The Snakefile is a thin layer over this module: every path, wildcard value and per-table input list
-comes from `Plan`, so the DAG is static (fully dry-runnable) and testable from Python.
+The Snakefile is a thin layer over this module: every path, wildcard value, per-table input list and
+every job's settings (its rule `params:`) come from `Plan`, so the DAG is static (fully
+dry-runnable), testable from Python, and a config edit reruns exactly the jobs whose settings it
+changes.  Planning imports no torch.
 
 Naming:
 - a teacher kind is `plain`, `p<dropout>` (trained with dropout, for Fickle Teacher) or
@@ -13,16 +15,16 @@ Naming:
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 
-from .evaluate import AttackSetting
-from .io import NoiseKDError
+from . import lineage
+from .errors import NoiseKDError
+from .layout import Layout
 from .linear_study_config import StudyConfig
 from .methods import MethodParams, get_method
-from .models import WRNSpec
-from .train import TrainConfig
-from .teacher_logits import cacheable
+from .settings import Augmentation, AttackSetting, TrainConfig
 
 SHORT = {"sigma": "s", "dropout": "p", "mc_rate": "r", "nt_sigma": "ns", "nt_rate": "nr"}
 
@@ -47,6 +49,15 @@ class Cell:
     params: dict = field(hash=False)  # the method parameters that differ from the defaults
     label_corruption: float = 0.0
     attacks: tuple[AttackSetting, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "method": self.method, "params": dict(self.params),
+                "label_corruption": self.label_corruption, "attacks": [asdict(a) for a in self.attacks]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Cell":
+        return cls(d["name"], d["method"], dict(d["params"]), float(d["label_corruption"]),
+                   tuple(AttackSetting(**a) for a in d["attacks"]))
 
     @property
     def teacher_kind(self) -> str | None:
@@ -78,12 +89,30 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+# The named blocks of each rule's settings: each block is one rule param, so that Snakemake says which
+# block a config edit changed when it reruns a job (see Plan.settings and noisekd.lineage).
+SETTINGS_BLOCKS: dict[str, tuple[str, ...]] = {
+    "prepare_dataset": ("data",),
+    "prepare_ood": ("ood",),
+    "prepare_corruptions": ("corruptions",),
+    "corrupt_labels": ("labels",),
+    "train_teachers": ("data", "labels", "teacher"),
+    "teacher_logits": ("data", "labels", "teacher", "logits"),
+    "evaluate_teacher": ("data", "labels", "teacher", "selection", "evaluation"),
+    "train_students": ("data", "labels", "teacher", "student"),
+    "evaluate_student": ("data", "labels", "teacher", "student", "seed", "evaluation"),
+    "attack_student": ("data", "labels", "teacher", "student", "seed", "attack"),
+}
+
+
 class Plan:
-    """The runs a config asks for, per dataset, and which of them each table and figure needs."""
+    """The runs a config asks for, per dataset, which of them each table and figure needs, and the
+    settings of every job."""
 
     def __init__(self, config: dict):
         self.config = config
         self.results = config["results_dir"].rstrip("/")
+        self.layout = Layout(self.results)
         self.teacher_seeds = list(config["seeds"]["teacher"])
         self.student_seeds = list(config["seeds"]["student"])
         if not self.teacher_seeds or not self.student_seeds:
@@ -106,7 +135,6 @@ class Plan:
         self._check()
 
     # -- building -------------------------------------------------------------------------------
-
     def _add(self, dataset: str, method: str, params: dict | None = None, lc: float = 0.0,
              attacks: tuple[AttackSetting, ...] = ()) -> str:
         if dataset not in self._cells:
@@ -185,6 +213,14 @@ class Plan:
         self.train_config(0)
         if "linear_study" in self.config:
             StudyConfig.from_dict(self.config["linear_study"])
+        selection = self.config["teacher_selection"]
+        if selection["by"] == "validation" and not selection.get("validation_fraction"):
+            raise NoiseKDError("config key teacher_selection.validation_fraction: selecting teachers by validation "
+                               "accuracy needs a held-out fraction of the training set (> 0)")
+        for d, spec in self.dataset_configs.items():
+            if (spec.get("corruptions") or {}).get("source") == "released" and spec["source"] != "cifar10":
+                raise NoiseKDError(f"config key datasets.{d}.corruptions.source: 'released' exists only for "
+                                   "cifar10; use 'generate'")
         for d in self.datasets():
             for cell in self._cells[d].values():
                 self.train_config(0, cell)
@@ -227,15 +263,6 @@ class Plan:
     def datasets(self) -> list[str]:
         return [d for d, cells in self._cells.items() if cells]
 
-    def teacher_spec(self, dataset: str, kind: str, num_classes: int, mean, std) -> WRNSpec:
-        t = self.config["teacher"]
-        return WRNSpec(t["depth"], t["width"], num_classes, self.teacher_kinds[dataset][kind].dropout, 3,
-                       tuple(mean), tuple(std))
-
-    def student_spec(self, num_classes: int, mean, std) -> WRNSpec:
-        s = self.config["student"]
-        return WRNSpec(s["depth"], s["width"], num_classes, 0.0, 3, tuple(mean), tuple(std))
-
     def train_config(self, seed: int, cell: Cell | None = None) -> TrainConfig:
         base, source = dict(self.config["train"]), "train"
         if cell is not None and cell.method == "ft":
@@ -256,15 +283,133 @@ class Plan:
     def uses_teacher_logits(self, cell: Cell) -> bool:
         """Whether the cell's students look their teacher's logits up in a table computed once per
         teacher (train.cache_teacher_logits, for methods whose teacher gives only logits)."""
-        return bool(self.config["train"].get("cache_teacher_logits", True)) and cacheable(
-            get_method(cell.method), self.method_params(cell))
+        return bool(self.config["train"].get("cache_teacher_logits", True)) and get_method(
+            cell.method).cacheable(self.method_params(cell))
 
     def logit_teachers(self) -> list[tuple[str, str]]:
         """(dataset, teacher kind) of every teacher whose logits table some cell reads."""
         return sorted({(d, c.teacher_kind) for d in self.datasets() for c in self._cells[d].values()
                        if self.uses_teacher_logits(c)})
 
-    # -- paths ------------------------------------------------------------------------------------
+    # -- settings: what each job's numbers depend on, its rule `params:` --------------------------
+    #
+    # Each is a plain dict of named blocks holding the job's whole lineage (see noisekd.lineage); it
+    # leaves out what only changes speed or location (noisekd.settings.Runtime).  The selected teacher
+    # seed depends on the teachers' results, so it is not part of any settings: jobs that load the
+    # selected teacher get it as a separate parameter, and the tables check it against best.json.
+
+    def data_settings(self, dataset: str) -> dict:
+        """The dataset as prepared: its source and loader options, and the held-out validation split."""
+        d = self.dataset_configs[dataset]
+        out = {"source": d["source"]}
+        if d["source"] == "digits":
+            out.update({k: d[k] for k in ("size", "test_fraction", "split_seed") if k in d})
+        selection = self.config["teacher_selection"]
+        fraction = float(selection.get("validation_fraction") or 0.0)
+        out["holdout"] = {"fraction": fraction, "seed": int(selection.get("seed", 0))} if fraction > 0 else None
+        return out
+
+    def labels_settings(self, rate: float) -> dict | None:
+        if not rate:
+            return None
+        return {"rate": float(rate), "seed": int(self.config.get("label_corruption_seed", 0))}
+
+    def ood_settings(self, dataset: str) -> dict | None:
+        ood = self.dataset_configs[dataset].get("ood")
+        return dict(ood) if ood else None
+
+    def corruption_settings(self, dataset: str) -> dict | None:
+        spec = self.dataset_configs[dataset].get("corruptions")
+        if not spec:
+            return None
+        # The released files have no seed; only generated corruptions draw from one.
+        return {"source": "released"} if spec["source"] == "released" else {"source": spec["source"],
+                                                                             "seed": int(spec.get("seed", 0))}
+
+    def augmentation(self, dataset: str) -> dict:
+        return asdict(Augmentation(**self.dataset_configs[dataset]["augmentation"]))
+
+    def _teacher_block(self, dataset: str, kind: str) -> dict:
+        t = self.config["teacher"]
+        return {"network": {"depth": t["depth"], "width": t["width"],
+                            "dropout": self.teacher_kinds[dataset][kind].dropout},
+                "train": self.train_config(0).numbers(), "augmentation": self.augmentation(dataset)}
+
+    def _student_block(self, dataset: str, cell: Cell) -> dict:
+        s, method = self.config["student"], get_method(cell.method)
+        return {"network": {"depth": s["depth"], "width": s["width"]},
+                "train": self.train_config(0, cell).numbers(), "augmentation": self.augmentation(dataset),
+                "method": cell.method, "method_params": method.settings(self.method_params(cell))}
+
+    def _evaluation_block(self, dataset: str) -> dict:
+        return {"ood": self.ood_settings(dataset), "corruptions": self.corruption_settings(dataset)}
+
+    def _attack_block(self, cell: Cell) -> dict:
+        pgd = self.config["evaluation"]["pgd"]
+        # Random starts are drawn per chunk of batch_size rows, so the batch size is part of the seed.
+        return {"attacks": [asdict(a) for a in cell.attacks], "batch_size": pgd.get("batch_size", 5000)}
+
+    @functools.cache
+    def teacher_settings(self, dataset: str, kind: str) -> dict:
+        """A teacher kind's training job (each seed's run adds its `seed`)."""
+        k = self.teacher_kinds[dataset][kind]
+        return {"data": self.data_settings(dataset), "labels": self.labels_settings(k.label_corruption),
+                "teacher": self._teacher_block(dataset, kind)}
+
+    @functools.cache
+    def student_settings(self, dataset: str, cell_name: str) -> dict:
+        """A student cell's training job (each seed's run adds its `seed`)."""
+        cell = self.cell(dataset, cell_name)
+        kind = cell.teacher_kind
+        return {"data": self.data_settings(dataset), "labels": self.labels_settings(cell.label_corruption),
+                "teacher": self._teacher_block(dataset, kind) if kind else None,
+                "student": self._student_block(dataset, cell)}
+
+    def teacher_run_settings(self, dataset: str, kind: str, seed: int) -> dict:
+        return {**self.teacher_settings(dataset, kind), "seed": int(seed)}
+
+    def student_run_settings(self, dataset: str, cell: str, seed: int) -> dict:
+        return {**self.student_settings(dataset, cell), "seed": int(seed)}
+
+    def teacher_logits_settings(self, dataset: str, kind: str) -> dict:
+        train = self.train_config(0)
+        return {**self.teacher_settings(dataset, kind),
+                "logits": {"precision": train.precision, "channels_last": train.channels_last}}
+
+    def teacher_eval_settings(self, dataset: str, kind: str) -> dict:
+        return {**self.teacher_settings(dataset, kind), "selection": {"by": self.config["teacher_selection"]["by"]},
+                "evaluation": self._evaluation_block(dataset)}
+
+    def student_eval_settings(self, dataset: str, cell: str, seed: int) -> dict:
+        return {**self.student_run_settings(dataset, cell, seed), "evaluation": self._evaluation_block(dataset)}
+
+    def attack_settings(self, dataset: str, cell: str, seed: int) -> dict:
+        return {**self.student_run_settings(dataset, cell, seed), "attack": self._attack_block(self.cell(dataset, cell))}
+
+    def settings(self, rule: str, **wildcards: str) -> dict:
+        """The settings of one job of `rule` (wildcards as Snakemake gives them: strings)."""
+        w = wildcards
+        by_rule = {
+            "prepare_dataset": lambda: {"data": self.data_settings(w["dataset"])},
+            "prepare_ood": lambda: {"ood": self.ood_settings(w["dataset"])},
+            "prepare_corruptions": lambda: {"corruptions": self.corruption_settings(w["dataset"])},
+            "corrupt_labels": lambda: {"labels": self.labels_settings(float(w["rate"]))},
+            "train_teachers": lambda: self.teacher_settings(w["dataset"], w["kind"]),
+            "teacher_logits": lambda: self.teacher_logits_settings(w["dataset"], w["kind"]),
+            "evaluate_teacher": lambda: self.teacher_eval_settings(w["dataset"], w["kind"]),
+            "train_students": lambda: self.student_settings(w["dataset"], w["cell"]),
+            "evaluate_student": lambda: self.student_eval_settings(w["dataset"], w["cell"], int(w["seed"])),
+            "attack_student": lambda: self.attack_settings(w["dataset"], w["cell"], int(w["seed"])),
+        }
+        if rule not in by_rule:
+            raise NoiseKDError(f"rule {rule} has no settings in the plan")
+        return by_rule[rule]()
+
+    def linear_study_settings(self) -> dict:
+        """Seed 003's linear study, every key resolved (its defaults included)."""
+        return asdict(StudyConfig.from_dict(self.config.get("linear_study", {})))
+
+    # -- runs and their files ---------------------------------------------------------------------
 
     def student_runs(self) -> list[tuple[str, str, int]]:
         return [(d, c, s) for d in self.datasets() for c in self._cells[d] for s in self.student_seeds]
@@ -275,6 +420,43 @@ class Plan:
     def attacked_runs(self) -> list[tuple[str, str, int]]:
         return [(d, c, s) for d, c, s in self.student_runs() if self._cells[d][c].attacks]
 
+    def _selection(self, dataset: str, kind: str | None) -> str | None:
+        return self.layout.teacher(dataset, kind, "best.json") if kind else None
+
+    def result_files(self, dataset: str, cell: str, needs: frozenset[str] = frozenset({"eval", "attack"})):
+        """(path, expected settings, selection file of its teacher or None) of a student cell's result
+        files, seed by seed."""
+        c, L = self.cell(dataset, cell), self.layout
+        selection = self._selection(dataset, c.teacher_kind)
+        for s in self.student_seeds:
+            if "eval" in needs:
+                yield L.student(dataset, cell, s, "eval.parquet"), self.student_eval_settings(dataset, cell, s), selection
+            if "attack" in needs and c.attacks:
+                yield L.student(dataset, cell, s, "attack.parquet"), self.attack_settings(dataset, cell, s), selection
+
+    def teacher_result_file(self, dataset: str, kind: str) -> tuple[str, dict, str]:
+        """(path, expected settings, selection file) of a selected teacher's evaluation."""
+        return (self.layout.teacher(dataset, kind, "eval.parquet"), self.teacher_eval_settings(dataset, kind),
+                self._selection(dataset, kind))
+
+    def all_result_files(self) -> list[tuple[str, dict, str | None]]:
+        """Every evaluation and attack file of the config: selected teachers and students."""
+        files = [self.teacher_result_file(d, k) for d, kinds in self.teacher_kinds.items() for k in kinds]
+        for d in self.datasets():
+            for c in self._cells[d]:
+                files += self.result_files(d, c)
+        return files
+
+    def expected(self, files: list[tuple[str, dict, str | None]]) -> dict:
+        """What a table or the aggregate checks its inputs against (its rule params): every file's
+        expected settings, and the selection file whose seed each file's rows must record as their
+        teacher's (the seed depends on the teachers' results, so it is read, not planned)."""
+        out = lineage.pack({path: settings for path, settings, _ in files})
+        out["selections"] = {path: selection for path, _, selection in files if selection}
+        return out
+
+
+# -- tables and figures -----------------------------------------------------------------------------
 
 # Which experiment each table and figure reads, and which files of its runs it needs.
 REPORTS: dict[str, tuple[str, frozenset[str]]] = {
@@ -294,6 +476,39 @@ REPORTS: dict[str, tuple[str, frozenset[str]]] = {
 }
 
 
+@dataclass(frozen=True)
+class ReportContext:
+    """What one table or figure shows, as plain data: its rule params, and the report functions' only
+    view of the plan (the layout of its experiment, its cells, the attacks, the OOD sets, the seeds)."""
+
+    tables: dict  # experiment -> dataset -> layout, for this report's experiment only
+    cells: dict  # dataset -> cell name -> Cell (their attacks only where the report reads attacks)
+    pgd20: AttackSetting | None  # the attacks: None and () where the report reads none
+    table4_attacks: tuple[AttackSetting, ...]
+    table5_attacks: tuple[AttackSetting, ...]
+    ood_sources: dict  # dataset -> OOD source name (None without an OOD set)
+    student_seeds: tuple[int, ...]
+
+    def cell(self, dataset: str, name: str) -> Cell:
+        try:
+            return self.cells[dataset][name]
+        except KeyError:
+            raise NoiseKDError(f"no student cell {name!r} for dataset {dataset!r} in this report") from None
+
+    def to_params(self) -> dict:
+        return {"tables": self.tables,
+                "cells": {d: {n: c.to_dict() for n, c in cells.items()} for d, cells in self.cells.items()},
+                "pgd20": asdict(self.pgd20) if self.pgd20 else None, "table4_attacks": [asdict(a) for a in self.table4_attacks],
+                "table5_attacks": [asdict(a) for a in self.table5_attacks], "ood_sources": self.ood_sources,
+                "student_seeds": list(self.student_seeds)}
+
+    @classmethod
+    def from_params(cls, p: dict) -> "ReportContext":
+        return cls(p["tables"], {d: {n: Cell.from_dict(c) for n, c in cells.items()} for d, cells in p["cells"].items()},
+                   AttackSetting(**p["pgd20"]) if p["pgd20"] else None, tuple(AttackSetting(**a) for a in p["table4_attacks"]),
+                   tuple(AttackSetting(**a) for a in p["table5_attacks"]), p["ood_sources"], tuple(p["student_seeds"]))
+
+
 def _flatten(layout) -> list[str]:
     if isinstance(layout, str):
         return [layout]
@@ -307,26 +522,49 @@ def report_names(plan: Plan, prefix: str) -> list[str]:
     return [n for n, (exp, _) in REPORTS.items() if n.startswith(prefix) and plan.tables.get(exp)]
 
 
-def report_inputs(plan: Plan, name: str) -> list[str]:
-    """The run files one table or figure needs: nothing else is built when it is asked for alone."""
-    experiment, needs = REPORTS[name]
+def _layout(plan: Plan, name: str) -> tuple[str, dict]:
+    experiment, _ = REPORTS[name]
     layout = plan.tables.get(experiment)
     if not layout:
         where = (f"experiments.soft_randomization.{experiment}_sigma" if experiment in ("table4", "table5")
                  else f"experiments.{experiment}")
         raise NoiseKDError(f"{name} needs {where} in the config")
-    files: list[str] = []
+    return experiment, layout
+
+
+def report_files(plan: Plan, name: str) -> list[tuple[str, dict, str | None]]:
+    """(path, expected settings, selection file) of every result file one table or figure reads."""
+    _, needs = REPORTS[name]
+    _, layout = _layout(plan, name)
+    files = []
     for dataset, sub in layout.items():
         cells = list(dict.fromkeys(_flatten(sub)))
         for c in cells:
-            cell = plan.cell(dataset, c)
-            for s in plan.student_seeds:
-                run = f"{plan.results}/students/{dataset}/{c}/seed{s}"
-                if "eval" in needs:
-                    files.append(f"{run}/eval.parquet")
-                if "attack" in needs and cell.attacks:
-                    files.append(f"{run}/attack.parquet")
+            files += plan.result_files(dataset, c, needs)
         if "teacher" in needs:
             kinds = {plan.cell(dataset, c).teacher_kind for c in cells} - {None}
-            files += [f"{plan.results}/teachers/{dataset}/{k}/eval.parquet" for k in sorted(kinds)]
+            files += [plan.teacher_result_file(dataset, k) for k in sorted(kinds)]
     return files
+
+
+def report_inputs(plan: Plan, name: str) -> list[str]:
+    """The run files one table or figure needs: nothing else is built when it is asked for alone."""
+    return [path for path, _, _ in report_files(plan, name)]
+
+
+def selection_inputs(files: list[tuple[str, dict, str | None]]) -> list[str]:
+    """The selection files (best.json) whose seeds the result files' teacher seeds are checked against."""
+    return sorted({selection for _, _, selection in files if selection})
+
+
+def report_context(plan: Plan, name: str) -> ReportContext:
+    """The rule params of one table or figure: only what it shows, so that a config edit reruns it only
+    where it changes what it shows (a PGD setting does not rerun Table 1)."""
+    experiment, layout = _layout(plan, name)
+    attacks = "attack" in REPORTS[name][1]
+    cells = {d: {c: plan.cell(d, c) if attacks else replace(plan.cell(d, c), attacks=())
+                 for c in dict.fromkeys(_flatten(sub))} for d, sub in layout.items()}
+    ood = {d: (plan.ood_settings(d) or {}).get("source") for d in layout}
+    return ReportContext({experiment: layout}, cells, plan.pgd20 if attacks else None,
+                         plan.table4_attacks if attacks else (), plan.table5_attacks if attacks else (), ood,
+                         tuple(plan.student_seeds))

@@ -1,9 +1,8 @@
-"""Where a result came from: config hash, git commit, package versions, device."""
+"""Where a result came from: settings hash, git commit, package versions, device."""
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import platform
 import subprocess
@@ -12,14 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .lineage import settings_hash
+
 CODE_PATHS = ("noisekd", "rules", "workflow_scripts", "Snakefile")
 PACKAGES = ("noisekd", "torch", "torchvision", "numpy", "scipy", "scikit-image", "scikit-learn", "pandas", "snakemake")
-
-
-def config_hash(obj) -> str:
-    """Stable short hash of a JSON-able object (key order does not matter)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @functools.cache
@@ -58,19 +53,11 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu:{platform.processor() or platform.machine()}"
 
 
-# Where a config writes and reads, not what it computes: left out of the hash, so the same
-# experiment run into another folder carries the same config hash.
-LOCATION_KEYS = ("results_dir", "data_dir")
-
-
-def settings_hash(config: dict | None) -> str:
-    """The hash that result rows and the manifest carry: the config without its locations."""
-    return config_hash({k: v for k, v in (config or {}).items() if k not in LOCATION_KEYS})
-
-
-def provenance(config: dict | None, device: torch.device | str) -> dict:
+def provenance(settings: dict | None, device: torch.device | str) -> dict:
+    """The provenance columns of result rows: the hash of the settings they were computed with (see
+    `noisekd.lineage`), the code's commit, the package versions and the device."""
     return {
-        "config_hash": settings_hash(config),
+        "settings_hash": settings_hash(settings or {}),
         "git_commit": git_commit(),
         "versions": json.dumps(package_versions(), sort_keys=True),
         "device": device_name(device),

@@ -1,14 +1,15 @@
 """Tables and figures of the paper from the tidy result rows of `noisekd.evaluate`.
 
 Input: a pandas DataFrame with the columns of `noisekd.evaluate.ROW_COLUMNS` (one row per run x
-metric x condition, values as fractions in [0, 1]) and the `noisekd.plan.Plan` of the config that
-produced it; `plan.tables` says which student cells each table and figure compares.
+metric x condition, values as fractions in [0, 1]) and the `noisekd.plan.ReportContext` of the
+table or figure (its rule params, `noisekd.plan.report_context(plan, name)`); `ctx.tables` says which student
+cells it compares.
 
-- `TABLES[name](frame, plan) -> Table`: `table1` ... `table5` as in the paper, `table_s1` (values
+- `TABLES[name](frame, ctx) -> Table`: `table1` ... `table5` as in the paper, `table_s1` (values
   behind Figure 2), `table_s2_s3` and `table_s4` (values behind Figures 4 and 5) and
   `table_related` (the related methods of the other seeds).  A `Table` renders to Markdown,
   LaTeX (booktabs) and CSV.
-- `FIGURES[name](frame, plan) -> matplotlib Figure`: `figure2` ... `figure5`.
+- `FIGURES[name](frame, ctx) -> matplotlib Figure`: `figure2` ... `figure5`.
 - `write_table` / `write_figure` write the files atomically.
 
 Conventions:
@@ -46,8 +47,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from .evaluate import AttackSetting
-from .io import NoiseKDError, atomic_path
+from .errors import NoiseKDError
+from .io import atomic_path
+from .settings import AttackSetting
 
 __all__ = [
     "FIGURES",
@@ -132,9 +134,8 @@ def corruption_label(name: str) -> str:
     return " ".join([words[0].capitalize() if words[0] != "gaussian" else "Gaussian", *words[1:]])
 
 
-def _ood_label(plan, dataset: str) -> str:
-    ood = (plan.dataset_configs.get(dataset) or {}).get("ood") or {}
-    source = ood.get("source") if isinstance(ood, dict) else None
+def _ood_label(ctx, dataset: str) -> str:
+    source = ctx.ood_sources.get(dataset)
     return f"{dataset_label(source)} Acc." if source else "OOD Acc."
 
 
@@ -433,8 +434,8 @@ class _Results:
         return Stat(float(np.mean([v for _, v in rows])), math.nan, 1)
 
 
-def _seeds_note(plan) -> str:
-    n = len(plan.student_seeds)
+def _seeds_note(ctx) -> str:
+    n = len(ctx.student_seeds)
     return f"Mean ± 1 std (sample, ddof=1) over {n} student seed{'s' if n != 1 else ''}, in %"
 
 
@@ -449,8 +450,8 @@ def _sigma_sort(keys: Iterable[str]) -> list[str]:
 # -- tables ---------------------------------------------------------------------------------------
 
 
-def table1(frame: pd.DataFrame, plan) -> Table:
-    who, layout = "table1", plan.tables.get("table1", {})
+def table1(frame: pd.DataFrame, ctx) -> Table:
+    who, layout = "table1", ctx.tables.get("table1", {})
     title = "Table 1: Fickle Teacher and knowledge distillation methods"
     if not layout:
         return _empty("table1", title, "Table 1 is not part of this configuration.", ("Method",))
@@ -465,20 +466,20 @@ def table1(frame: pd.DataFrame, plan) -> Table:
         columns.append(Column("Test Acc.", group))
         if res.has(d, "ood_acc"):
             specs.append((d, "ood_acc"))
-            columns.append(Column(_ood_label(plan, d), group))
+            columns.append(Column(_ood_label(ctx, d), group))
         if res.has(d, MCA):
             specs.append((d, MCA))
             columns.append(Column("mCA", group))
     names = list(dict.fromkeys(n for cells in layout.values() for n in cells))
     rows = []
     for name in names:
-        label = next(cell_label(plan.cell(d, name)) for d in layout if name in layout[d])
+        label = next(cell_label(ctx.cell(d, name)) for d in layout if name in layout[d])
         cells = []
         for d, what in specs:
             if name not in layout[d]:
                 cells.append(TableCell())
             elif what == "teacher":
-                cells.append(TableCell(res.teacher(d, plan.cell(d, name).teacher_kind, "test_acc")))
+                cells.append(TableCell(res.teacher(d, ctx.cell(d, name).teacher_kind, "test_acc")))
             else:
                 cells.append(TableCell(res.get(d, name, what)))
         rows.append(Row((label,), cells))
@@ -491,22 +492,22 @@ def table1(frame: pd.DataFrame, plan) -> Table:
         "Teacher: test accuracy of the selected teacher (best teacher seed) of the row's teacher kind. "
         "Out-of-distribution (OOD) and mCA (mean over corruptions x severities of the accuracy on the "
         "corrupted image among images whose clean version is classified correctly) columns appear "
-        f"for datasets that have them. {_seeds_note(plan)}; best per column in bold."
+        f"for datasets that have them. {_seeds_note(ctx)}; best per column in bold."
     )
     return Table("table1", title, caption, ("Method",), columns, rows)
 
 
-def table2(frame: pd.DataFrame, plan) -> Table:
-    who, layout = "table2", plan.tables.get("table2", {})
+def table2(frame: pd.DataFrame, ctx) -> Table:
+    who, layout = "table2", ctx.tables.get("table2", {})
     title = "Table 2: +Hinton (+H) vs +Fickle Teacher (+FT) on top of other distillation methods"
     if not layout:
         return _empty("table2", title, "Table 2 is not part of this configuration.", ("Method",))
     res = _Results(frame, ("test_acc", "ood_acc"), who)
-    dropouts = {_num(plan.cell(d, trip[2]).params.get("dropout", 0)) for d in layout for trip in layout[d].values()}
+    dropouts = {_num(ctx.cell(d, trip[2]).params.get("dropout", 0)) for d in layout for trip in layout[d].values()}
     ft = f"+FT-{dropouts.pop()}" if len(dropouts) == 1 else "+FT"
     metrics = [("test_acc", "Test Acc.")]
     if any(res.has(d, "ood_acc") for d in layout):
-        oods = {_ood_label(plan, d) for d in layout if res.has(d, "ood_acc")}
+        oods = {_ood_label(ctx, d) for d in layout if res.has(d, "ood_acc")}
         metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
     columns = [Column(sub, group) for _, group in metrics for sub in ("Original", "+H", ft)]
     rows = []
@@ -524,13 +525,13 @@ def table2(frame: pd.DataFrame, plan) -> Table:
             rows.append(Row((method_label(feature),), cells, dataset_label(d) if multi else None))
     ds = ", ".join(dataset_label(d) for d in layout)
     caption = (f"{ds}. Each feature/relational method alone (Original), with Hinton's KD loss added (+H) and "
-               f"with Fickle Teacher ({ft[1:]}) added (+FT). {_seeds_note(plan)}; best of Original/+H/+FT per "
+               f"with Fickle Teacher ({ft[1:]}) added (+FT). {_seeds_note(ctx)}; best of Original/+H/+FT per "
                "row and metric in bold.")
     return Table("table2", title, caption, ("Method",), columns, rows)
 
 
-def table3(frame: pd.DataFrame, plan) -> Table:
-    who, layout = "table3", plan.tables.get("soft_randomization", {})
+def table3(frame: pd.DataFrame, ctx) -> Table:
+    who, layout = "table3", ctx.tables.get("soft_randomization", {})
     title = "Table 3: Soft Randomization (SR) vs Gaussian Augmentation (GA), generalization"
     if not layout:
         return _empty("table3", title, "Soft Randomization is not part of this configuration.", ("σ",))
@@ -542,7 +543,7 @@ def table3(frame: pd.DataFrame, plan) -> Table:
             groups.append((d, "ood_acc"))
     columns = []
     for d, metric in groups:
-        head = f"{dataset_label(d)} " + ("Test Acc." if metric == "test_acc" else _ood_label(plan, d))
+        head = f"{dataset_label(d)} " + ("Test Acc." if metric == "test_acc" else _ood_label(ctx, d))
         columns += [Column("GA", head), Column("SR", head)]
     rows = []
     for s in _sigma_sort(s for d in layout for s in layout[d]["pairs"]):
@@ -555,25 +556,25 @@ def table3(frame: pd.DataFrame, plan) -> Table:
         rows.append(Row((s,), cells))
     caption = ("Students trained on inputs with Gaussian noise of std σ (pixel scale [0, 1]): alone with "
                "cross-entropy (GA) or distilled from the teacher that sees the clean input (SR, Eq. 2). "
-               f"{_seeds_note(plan)}; the better of GA and SR in bold.")
+               f"{_seeds_note(ctx)}; the better of GA and SR in bold.")
     return Table("table3", title, caption, ("σ",), columns, rows)
 
 
-def _attack_table(frame: pd.DataFrame, plan, key: str) -> Table:
-    layout = {d: v for d, v in plan.tables.get(key, {}).items() if v}
+def _attack_table(frame: pd.DataFrame, ctx, key: str) -> Table:
+    layout = {d: v for d, v in ctx.tables.get(key, {}).items() if v}
     if key == "table4":
-        attacks = plan.table4_attacks
-        title = f"Table 4: robust accuracy vs PGD steps (ε = {_eps255(plan.pgd20.eps)}/255)"
-        group = f"PGD steps (ε = {_eps255(plan.pgd20.eps)}/255)"
+        attacks = ctx.table4_attacks
+        title = f"Table 4: robust accuracy vs PGD steps (ε = {_eps255(ctx.pgd20.eps)}/255)"
+        group = f"PGD steps (ε = {_eps255(ctx.pgd20.eps)}/255)"
         names = [str(a.steps) for a in attacks]
-        what = (f"PGD attacks with a fixed ε = {_eps255(plan.pgd20.eps)}/255 and an increasing number of "
+        what = (f"PGD attacks with a fixed ε = {_eps255(ctx.pgd20.eps)}/255 and an increasing number of "
                 "iterations (columns)")
     else:
-        attacks = plan.table5_attacks
-        title = f"Table 5: robust accuracy vs ε (PGD-{plan.pgd20.steps})"
-        group = f"ε (/255), PGD-{plan.pgd20.steps}"
+        attacks = ctx.table5_attacks
+        title = f"Table 5: robust accuracy vs ε (PGD-{ctx.pgd20.steps})"
+        group = f"ε (/255), PGD-{ctx.pgd20.steps}"
         names = [_eps255(a.eps) for a in attacks]
-        what = f"PGD-{plan.pgd20.steps} attacks with an increasing ε bound (columns, in units of 1/255)"
+        what = f"PGD-{ctx.pgd20.steps} attacks with an increasing ε bound (columns, in units of 1/255)"
     index = ("Dataset", "σ", "Method")
     if not layout or not attacks:
         return _empty(key, title, f"{title.split(':')[0]} is not part of this configuration.", index)
@@ -589,7 +590,7 @@ def _attack_table(frame: pd.DataFrame, plan, key: str) -> Table:
         for d, sigmas in layout.items():
             for s in _sigma_sort(sigmas):
                 pair = sigmas[s]
-                pair_rows = [Row((dataset_label(d), s, method_label(plan.cell(d, name).method)),
+                pair_rows = [Row((dataset_label(d), s, method_label(ctx.cell(d, name).method)),
                                  [TableCell(res.get(d, name, metric, a)) for a in attacks], block) for name in pair]
                 for j in range(len(attacks)):
                     _bold_best(r.cells[j] for r in pair_rows)
@@ -597,22 +598,22 @@ def _attack_table(frame: pd.DataFrame, plan, key: str) -> Table:
     caption = (f"GA vs SR students under {what}; step size {_num(a0.step_size)}, {a0.restarts} random restarts. "
                "First block: per-sample worst case over the restarts (robust_acc_worst_of_restarts). Second "
                "block: the paper authors' aggregate, the lowest accuracy among the independent whole-test-set "
-               f"runs (robust_acc_min_over_runs), never below the first. {_seeds_note(plan)}; the better of GA "
+               f"runs (robust_acc_min_over_runs), never below the first. {_seeds_note(ctx)}; the better of GA "
                "and SR per column in bold.")
     return Table(key, title, caption, index, columns, rows)
 
 
-def table4(frame: pd.DataFrame, plan) -> Table:
-    return _attack_table(frame, plan, "table4")
+def table4(frame: pd.DataFrame, ctx) -> Table:
+    return _attack_table(frame, ctx, "table4")
 
 
-def table5(frame: pd.DataFrame, plan) -> Table:
-    return _attack_table(frame, plan, "table5")
+def table5(frame: pd.DataFrame, ctx) -> Table:
+    return _attack_table(frame, ctx, "table5")
 
 
-def table_s1(frame: pd.DataFrame, plan) -> Table:
-    who, layout = "table_s1", plan.tables.get("soft_randomization", {})
-    a = plan.pgd20
+def table_s1(frame: pd.DataFrame, ctx) -> Table:
+    who, layout = "table_s1", ctx.tables.get("soft_randomization", {})
+    a = ctx.pgd20
     title = f"Table S1: PGD-{a.steps} robust accuracy of GA vs SR (values of Figure 2)"
     if not layout:
         return _empty(who, title, "Soft Randomization is not part of this configuration.", ("σ",))
@@ -631,12 +632,12 @@ def table_s1(frame: pd.DataFrame, plan) -> Table:
     caption = (f"Robust accuracy under {_attack_desc(a)} of students trained with Gaussian noise σ alone (GA) "
                "or with Soft Randomization (SR). First block: per-sample worst case over the restarts (plotted "
                "in Figure 2); second block: the authors' aggregate, worst of the whole-test-set runs. "
-               f"{_seeds_note(plan)}; the better of GA and SR in bold.")
+               f"{_seeds_note(ctx)}; the better of GA and SR in bold.")
     return Table(who, title, caption, ("σ",), columns, rows)
 
 
-def _mc_table(frame: pd.DataFrame, plan, metric: str, who: str) -> Table:
-    layout = plan.tables.get("messy_collaboration", {})
+def _mc_table(frame: pd.DataFrame, ctx, metric: str, who: str) -> Table:
+    layout = ctx.tables.get("messy_collaboration", {})
     index = ("Label corruption",)
     if metric == "test_acc":
         title = "Tables S2–S3: Messy Collaboration, test accuracy under label corruption (values of Figure 4)"
@@ -655,7 +656,7 @@ def _mc_table(frame: pd.DataFrame, plan, metric: str, who: str) -> Table:
     for d in datasets:
         for rate in _sigma_sort(layout[d]):
             g = layout[d][rate]
-            kind = plan.cell(d, g["hinton"]).teacher_kind
+            kind = ctx.cell(d, g["hinton"]).teacher_kind
             cells = [TableCell(res.teacher(d, kind, metric))]
             students = [TableCell(res.get(d, g["baseline"], metric)), TableCell(res.get(d, g["hinton"], metric))]
             students += [TableCell(res.get(d, g[r], metric)) if r in g else TableCell() for r in mc_rates]
@@ -665,21 +666,21 @@ def _mc_table(frame: pd.DataFrame, plan, metric: str, who: str) -> Table:
     caption = (f"{what} of students trained on labels of which the given fraction is corrupted (static, "
                "symmetric). Teacher: the selected teacher trained on the same corrupted labels (one model, no "
                "std). Hinton (r=0) is plain KD; MC r: Messy Collaboration re-draws each target uniformly with "
-               f"rate r per batch. One block per dataset. {_seeds_note(plan)}; best student per row in bold.")
+               f"rate r per batch. One block per dataset. {_seeds_note(ctx)}; best student per row in bold.")
     return Table(who, title, caption, index, columns, rows)
 
 
-def table_s2_s3(frame: pd.DataFrame, plan) -> Table:
-    return _mc_table(frame, plan, "test_acc", "table_s2_s3")
+def table_s2_s3(frame: pd.DataFrame, ctx) -> Table:
+    return _mc_table(frame, ctx, "test_acc", "table_s2_s3")
 
 
-def table_s4(frame: pd.DataFrame, plan) -> Table:
-    return _mc_table(frame, plan, "ood_acc", "table_s4")
+def table_s4(frame: pd.DataFrame, ctx) -> Table:
+    return _mc_table(frame, ctx, "ood_acc", "table_s4")
 
 
-def table_related(frame: pd.DataFrame, plan) -> Table:
-    who, layout = "table_related", plan.tables.get("related", {})
-    a = plan.pgd20
+def table_related(frame: pd.DataFrame, ctx) -> Table:
+    who, layout = "table_related", ctx.tables.get("related", {})
+    a = ctx.pgd20
     title = "Related methods: Hinton, Fickle Teacher, GA, SR, clean→noisy feature mimicry and Noisy Teacher"
     title = title.replace("→", " to ")
     if not layout:
@@ -687,7 +688,7 @@ def table_related(frame: pd.DataFrame, plan) -> Table:
     res = _Results(frame, ("test_acc", "ood_acc", MCA, MIN_RUNS), who)
     metrics = [("test_acc", "Test Acc.")]
     if any(res.has(d, "ood_acc") for d in layout):
-        oods = {_ood_label(plan, d) for d in layout if res.has(d, "ood_acc")}
+        oods = {_ood_label(ctx, d) for d in layout if res.has(d, "ood_acc")}
         metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
     if any(res.has(d, MCA) for d in layout):
         metrics.append((MCA, "mCA"))
@@ -698,7 +699,7 @@ def table_related(frame: pd.DataFrame, plan) -> Table:
     for d, names in layout.items():
         block_rows = []
         for name in names:
-            cell = plan.cell(d, name)
+            cell = ctx.cell(d, name)
             cells = []
             for metric, _ in metrics:
                 if metric == MIN_RUNS:
@@ -716,7 +717,7 @@ def table_related(frame: pd.DataFrame, plan) -> Table:
                "Teacher (Sau & Balasubramanian: teacher logits z(1 + ξ), ξ ~ N(0, σ²), perturbed for the given "
                f"fraction of samples; L2 logit regression or Hinton's KL). mCA: conditional on the clean image "
                f"being classified correctly. PGD: the worst of {a.restarts} whole-test-set runs (the paper's "
-               f"aggregate) under {_attack_desc(a)}; '-' where a model was not attacked. {_seeds_note(plan)}; best per column "
+               f"aggregate) under {_attack_desc(a)}; '-' where a model was not attacked. {_seeds_note(ctx)}; best per column "
                "in bold.")
     return Table(who, title, caption, ("Method",), columns, rows)
 
@@ -750,8 +751,8 @@ def _figure(n_panels: int, width: float = PANEL_W, height: float = PANEL_H) -> t
 
 
 def _message_figure(title: str, message: str) -> Figure:
-    ax_style, ctx = _style()
-    with ax_style, ctx:
+    ax_style, rc_style = _style()
+    with ax_style, rc_style:
         fig, (ax,) = _figure(1)
         ax.set_axis_off()
         ax.set_title(title)
@@ -759,15 +760,15 @@ def _message_figure(title: str, message: str) -> Figure:
     return fig
 
 
-def figure2(frame: pd.DataFrame, plan) -> Figure:
-    layout = {d: v for d, v in plan.tables.get("soft_randomization", {}).items() if v["pairs"]}
+def figure2(frame: pd.DataFrame, ctx) -> Figure:
+    layout = {d: v for d, v in ctx.tables.get("soft_randomization", {}).items() if v["pairs"]}
     if not layout:
         return _message_figure("Figure 2", "Soft Randomization is not part of this configuration.")
-    a = plan.pgd20
+    a = ctx.pgd20
     res = _Results(frame, (MIN_RUNS,), "figure2")  # the paper's aggregate: worst of the restart runs
     colors = sns.color_palette("colorblind")
-    ax_style, ctx = _style()
-    with ax_style, ctx:
+    ax_style, rc_style = _style()
+    with ax_style, rc_style:
         fig, axes = _figure(len(layout))
         for ax, (d, v) in zip(axes, layout.items()):
             sigmas = _sigma_sort(v["pairs"])
@@ -790,8 +791,8 @@ def figure2(frame: pd.DataFrame, plan) -> Figure:
     return fig
 
 
-def figure3(frame: pd.DataFrame, plan) -> Figure:
-    layout = plan.tables.get("soft_randomization", {})
+def figure3(frame: pd.DataFrame, ctx) -> Figure:
+    layout = ctx.tables.get("soft_randomization", {})
     title = "Figure 3"
     if not layout:
         return _message_figure(title, "Soft Randomization is not part of this configuration.")
@@ -815,7 +816,7 @@ def figure3(frame: pd.DataFrame, plan) -> Figure:
         labels = []
         for i, name in enumerate(names):
             mca = res.get(d, name, MCA)
-            labels.append(f"{cell_label(plan.cell(d, name))} (mCA {100 * mca.mean:.2f})")
+            labels.append(f"{cell_label(ctx.cell(d, name))} (mCA {100 * mca.mean:.2f})")
             try:
                 row = per.loc[(d, name)]
             except KeyError:
@@ -825,8 +826,8 @@ def figure3(frame: pd.DataFrame, plan) -> Figure:
                     raise NoiseKDError(f"figure3: no {CORRUPTION_ACC} rows for {d}/{name} corruption {c}")
                 acc[i, k] = 100 * row[c]
         panels.append((d, labels, order, acc))
-    ax_style, ctx = _style()
-    with ax_style, ctx:
+    ax_style, rc_style = _style()
+    with ax_style, rc_style:
         ncols = max(len(p[2]) for p in panels)
         nrows = max(len(p[1]) for p in panels)
         fig, axes = plt.subplots(len(panels), 1, figsize=(max(7.0, 0.42 * ncols + 2.6), max(2.6, 0.32 * nrows + 1.6) * len(panels)),
@@ -849,8 +850,8 @@ def figure3(frame: pd.DataFrame, plan) -> Figure:
     return fig
 
 
-def _mc_figure(frame: pd.DataFrame, plan, metric: str, who: str) -> Figure:
-    layout = plan.tables.get("messy_collaboration", {})
+def _mc_figure(frame: pd.DataFrame, ctx, metric: str, who: str) -> Figure:
+    layout = ctx.tables.get("messy_collaboration", {})
     name = "Figure 4" if metric == "test_acc" else "Figure 5"
     if not layout:
         return _message_figure(name, "Messy Collaboration is not part of this configuration.")
@@ -858,8 +859,8 @@ def _mc_figure(frame: pd.DataFrame, plan, metric: str, who: str) -> Figure:
     datasets = [d for d in layout if metric == "test_acc" or res.has(d, metric)]
     if not datasets:
         return _message_figure(name, "No dataset of the Messy Collaboration experiment has out-of-distribution rows.")
-    ax_style, ctx = _style()
-    with ax_style, ctx:
+    ax_style, rc_style = _style()
+    with ax_style, rc_style:
         fig, axes = _figure(len(datasets), height=PANEL_H + 0.2)
         handles: dict[str, object] = {}
         for ax, d in zip(axes, datasets):
@@ -878,7 +879,7 @@ def _mc_figure(frame: pd.DataFrame, plan, metric: str, who: str) -> Figure:
                 for r, xv in zip(rates, x):
                     g = grid[r]
                     if key is None:
-                        st = res.teacher(d, plan.cell(d, g["hinton"]).teacher_kind, metric)
+                        st = res.teacher(d, ctx.cell(d, g["hinton"]).teacher_kind, metric)
                     elif key in g:
                         st = res.get(d, g[key], metric)
                     else:
@@ -897,19 +898,19 @@ def _mc_figure(frame: pd.DataFrame, plan, metric: str, who: str) -> Figure:
                 handles.setdefault(label, h)
             ax.set_xticks(x, rates)
             ax.set_xlabel("Label corruption rate")
-            ax.set_ylabel(("Test" if metric == "test_acc" else _ood_label(plan, d).replace(" Acc.", "")) + " accuracy (%)")
+            ax.set_ylabel(("Test" if metric == "test_acc" else _ood_label(ctx, d).replace(" Acc.", "")) + " accuracy (%)")
             ax.set_title(dataset_label(d))
         fig.legend(list(handles.values()), list(handles), loc="outside lower center",
                    ncol=min(len(handles), 4 if len(datasets) > 1 else 3), frameon=False)
     return fig
 
 
-def figure4(frame: pd.DataFrame, plan) -> Figure:
-    return _mc_figure(frame, plan, "test_acc", "figure4")
+def figure4(frame: pd.DataFrame, ctx) -> Figure:
+    return _mc_figure(frame, ctx, "test_acc", "figure4")
 
 
-def figure5(frame: pd.DataFrame, plan) -> Figure:
-    return _mc_figure(frame, plan, "ood_acc", "figure5")
+def figure5(frame: pd.DataFrame, ctx) -> Figure:
+    return _mc_figure(frame, ctx, "ood_acc", "figure5")
 
 
 FIGURES: dict[str, Callable[[pd.DataFrame, object], Figure]] = {

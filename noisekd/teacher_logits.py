@@ -2,7 +2,7 @@
 
 A training image's random crop and flip take only `augmentation_variants` values: (2p + 1)^2 offsets,
 times 2 with flips (162 for CIFAR-10's padding 4).  For the methods whose frozen teacher is
-deterministic and gives only logits (`cacheable`: Hinton KD, Soft Randomization, Messy
+deterministic and gives only logits (`Method.cacheable`: Hinton KD, Soft Randomization, Messy
 Collaboration, Noisy Teacher; the teacher sees the clean augmented image), one pass over N x 162
 images therefore replaces the teacher's forward in every step of every student of that teacher: the
 training step looks up `logits[index, variant]` instead.  The values are those of the teacher's
@@ -20,20 +20,13 @@ from typing import Callable
 
 import torch
 
-from .data import Augmentation, ImageData, augmentation_variants, crop_flip, to_float
-from .io import NoiseKDError, load_torch, save_torch_atomic
-from .methods import Method, MethodParams
+from .data import ImageData, crop_flip, to_float
+from .errors import NoiseKDError
+from .io import load_torch, save_torch_atomic
 from .models import WideResNet, fold_batchnorm
+from .settings import Augmentation, augmentation_variants
 
 FORMAT = "noisekd-teacher-logits"
-LOGIT_TERMS = {"ce", "kd", "logit_l2"}
-
-
-def cacheable(method: Method, params: MethodParams) -> bool:
-    """Whether the teacher contributes only logits of the clean image and is deterministic."""
-    return method.teacher and not method.fickle_teacher and set(method.terms(params)) <= LOGIT_TERMS
-
-
 def images_fingerprint(data: ImageData) -> str:
     """sha256 of the uint8 training images: a cache belongs to exactly one training set."""
     return hashlib.sha256(data.images.cpu().contiguous().numpy().tobytes()).hexdigest()

@@ -27,18 +27,14 @@ from typing import Callable
 import torch
 
 from . import losses
-from .data import Augmentation, DeviceSampler, ImageData, augmentation_variants, random_relabel, to_float
-from .io import NoiseKDError, load_torch, save_torch_atomic
+from .data import DeviceSampler, ImageData, random_relabel, to_float
+from .errors import NoiseKDError
+from .io import load_torch, save_torch_atomic
 from .methods import Method, MethodParams
-from .models import WideResNet, WRNSpec, dropout_drawn_ahead, fold_batchnorm
-from .teacher_logits import cacheable
+from .models import WideResNet, dropout_drawn_ahead, fold_batchnorm
+from .settings import RESUMABLE_SPEED_KEYS, Augmentation, TrainConfig, WRNSpec, augmentation_variants
 
 CHECKPOINT_VERSION = 1
-PRECISIONS = ("auto", "bf16", "fp32")
-# Settings that change speed but not a single number of the run: not part of a checkpoint's identity.
-# (cache_teacher_logits is a workflow choice; where it applies, the run's identity records it.)
-SPEED_ONLY = ("cuda_graphs", "teacher_stream", "checkpoint_every", "checkpoint_interval_s", "check_every",
-              "cache_teacher_logits")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,60 +151,6 @@ def distillation_loss(
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 200
-    milestones: tuple[int, ...] = (60, 120, 150)
-    lr: float = 0.1
-    lr_decay: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    seed: int = 0
-    checkpoint_every: int = 1  # epochs between resumable checkpoints
-    # ... and at least this many seconds apart (0: no gate), so a one-second GPU epoch does not write
-    # (and fsync) one per epoch; a signal (SIGTERM, SIGINT) and the last epoch always save one.
-    checkpoint_interval_s: float = 0.0
-    check_every: int = 50  # steps between (cheap) host checks for a non-finite loss
-    # Speed settings.  precision: "auto" (bf16 autocast where the device computes bf16 natively:
-    # CUDA, and CPUs with AVX512-BF16/AMX), "bf16" or "fp32"; losses always stay fp32.
-    precision: str = "auto"
-    channels_last: bool = True  # NHWC activations (CUDA, and CPU when computing in bf16)
-    cuda_graphs: bool = True  # replay each full-batch step as one CUDA graph (same numbers, no launch gaps)
-    teacher_stream: bool = True  # CUDA: teacher forward beside the student's, on a second stream (same numbers)
-    compile: bool = False  # CUDA only: torch.compile the networks (fuses BN/ReLU; ~45 s of compiling per job)
-    # Workflow: students whose teacher only gives logits look them up in a table computed once per
-    # teacher (`noisekd.teacher_logits`) instead of running the teacher every step.
-    cache_teacher_logits: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise NoiseKDError(f"train.epochs must be >= 1, got {self.epochs}")
-        ms = list(self.milestones)
-        if ms != sorted(ms) or len(set(ms)) != len(ms) or any(m < 1 for m in ms):
-            raise NoiseKDError(f"train.milestones must be increasing positive epochs, got {ms}")
-        if ms and ms[-1] >= self.epochs:
-            raise NoiseKDError(f"train.milestones {ms} has a milestone beyond the last epoch ({self.epochs})")
-        for name in ("lr", "lr_decay", "momentum", "weight_decay"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
-                raise NoiseKDError(f"train.{name} must be a finite number >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1 or self.checkpoint_every < 1 or self.check_every < 1:
-            raise NoiseKDError("train.batch_size, checkpoint_every and check_every must be >= 1")
-        if not math.isfinite(self.checkpoint_interval_s) or self.checkpoint_interval_s < 0:
-            raise NoiseKDError(
-                f"train.checkpoint_interval_s must be a finite number >= 0, got {self.checkpoint_interval_s}")
-        if self.precision not in PRECISIONS:
-            raise NoiseKDError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-
-    def lr_at(self, epoch: int) -> float:
-        """MultiStepLR semantics, derived from the epoch so a resumed run needs no scheduler state."""
-        return self.lr * self.lr_decay ** sum(1 for m in self.milestones if m <= epoch)
-
-
-# ---------------------------------------------------------------------------------------------
 # Models and checkpoints
 
 
@@ -252,6 +194,15 @@ def load_model(path: str | Path, expected: WRNSpec | None = None, device: str | 
     except RuntimeError as exc:
         raise NoiseKDError(f"checkpoint {path} does not fit {spec.name}: {str(exc).splitlines()[0]}") from None
     return model.to(device)
+
+
+def model_summary(path: str | Path) -> dict:
+    """The run summary that `save_model` stored with a model (its settings, seed and history)."""
+    obj = load_torch(path)
+    try:
+        return json.loads(obj.get("summary") or "{}") if isinstance(obj, dict) else {}
+    except ValueError:
+        raise NoiseKDError(f"checkpoint {path} has an unreadable summary") from None
 
 
 def inference_model(model: WideResNet) -> WideResNet:
@@ -382,7 +333,7 @@ def fit(
 
     `teacher_logits` (N, V, K), the teacher's logits of every training image under every
     augmentation variant (`noisekd.teacher_logits`), replace the teacher's forward where the method
-    allows it (`teacher_logits.cacheable`); `teacher` is then not needed.
+    allows it (`Method.cacheable`); `teacher` is then not needed.
 
     Returns the trained model and a JSON-able summary.  Raises NoiseKDError on a non-finite loss
     (naming epoch and step) and TrainingInterrupted after SIGTERM (checkpoint saved first).
@@ -392,7 +343,7 @@ def fit(
     if method.teacher and teacher is None and teacher_logits is None:
         raise NoiseKDError(f"method {method.name} needs a teacher checkpoint")
     if teacher_logits is not None:
-        if not cacheable(method, params):
+        if not method.cacheable(params):
             raise NoiseKDError(f"method {method.name} cannot use cached teacher logits (its teacher gives features "
                                "or keeps dropout active)")
         expected = (len(train_data), augmentation_variants(augmentation), train_data.num_classes)
@@ -437,7 +388,7 @@ def fit(
     bad_step = torch.full((), -1, device=device, dtype=torch.int64)
     history: list[dict] = []
     # precision as resolved: a retry on a node whose CPU resolves `auto` otherwise must not resume the run
-    run_config = {**{k: v for k, v in asdict(config).items() if k not in SPEED_ONLY}, "precision": precision}
+    run_config = {**{k: v for k, v in asdict(config).items() if k not in RESUMABLE_SPEED_KEYS}, "precision": precision}
     identity = {"method": method.name, "params": asdict(params), "config": run_config, "spec": asdict(student.spec),
                 "draws": draws, "augmentation": asdict(augmentation) if augmentation is not None else None,
                 # the inputs themselves: a rerun after the data, labels or teacher changed starts over

@@ -1,5 +1,11 @@
-# Path templates, wildcard constraints and input functions shared by the rules.
-# All logic lives in noisekd.plan.Plan; this file only turns it into file lists.
+# Path templates, wildcard constraints, input and params functions shared by the rules.
+# All logic lives in noisekd.plan.Plan and every path in noisekd.layout.Layout; this file only turns
+# them into file lists and per-job settings.
+
+from snakemake.exceptions import IncompleteCheckpointException
+
+from noisekd import selection
+from noisekd.plan import SETTINGS_BLOCKS, report_context, report_files, selection_inputs
 
 
 wildcard_constraints:
@@ -14,93 +20,143 @@ wildcard_constraints:
 ENV = "../envs/noisekd.yaml"
 GPU = config["resources"]["gpu"]
 THREADS = config["resources"].get("threads", 1)
-TEACHER = f"{R}/teachers/{{dataset}}/{{kind}}"
-CELL = f"{R}/students/{{dataset}}/{{cell}}"
-STUDENT = f"{CELL}/seed{{seed}}"
-DATA = f"{R}/data/{{dataset}}"
+L = PLAN.layout
+# Wildcard placeholders, so that one Layout call gives a rule's path pattern.
+D, K, C, S = "{dataset}", "{kind}", "{cell}", "{seed}"
 
 
-def dataset_config(wildcards):
-    return PLAN.dataset_configs[wildcards.dataset]
+def settings(rule_name):
+    """The params of a rule: one per block of its jobs' settings (noisekd.plan.Plan.settings), so that
+    a config edit reruns exactly the jobs whose settings it changes, and says which block changed.
+    """
+
+    def block_of(name):
+        return lambda wildcards: PLAN.settings(rule_name, **wildcards)[name]
+
+    return {name: block_of(name) for name in SETTINGS_BLOCKS[rule_name]}
 
 
 def released_corruptions(wildcards):
     """The fetched CIFAR-10-C where the dataset uses the released files (a local job: it downloads)."""
-    spec = PLAN.dataset_configs[wildcards.dataset].get("corruptions") or {}
-    return (
-        [f"{DATA}/corruptions_fetched.json"] if spec.get("source") == "released" else []
-    )
+    spec = PLAN.corruption_settings(wildcards.dataset) or {}
+    if spec.get("source") == "released":
+        return [L.data(wildcards.dataset, "corruptions_fetched.json")]
+    return []
 
 
 def evaluation_sets(wildcards):
     """Test set plus, where the dataset has them, the OOD set and the corruption stack."""
-    d = PLAN.dataset_configs[wildcards.dataset]
-    files = {"test": f"{R}/data/{wildcards.dataset}/test.npz"}
-    if d.get("ood"):
-        files["ood"] = f"{R}/data/{wildcards.dataset}/ood.npz"
-    if d.get("corruptions"):
-        files["corruptions"] = f"{R}/data/{wildcards.dataset}/corruptions.npy"
+    d = wildcards.dataset
+    files = {"test": L.split(d, "test")}
+    if PLAN.ood_settings(d):
+        files["ood"] = L.data(d, "ood.npz")
+    if PLAN.corruption_settings(d):
+        files["corruptions"] = L.data(d, "corruptions.npy")
     return files
 
 
 def labels_file(dataset, label_corruption):
-    if label_corruption > 0:
-        return {"labels": f"{R}/data/{dataset}/labels_lc{label_corruption:g}.npz"}
-    return {}
+    return (
+        {"labels": L.labels(dataset, label_corruption)} if label_corruption > 0 else {}
+    )
+
+
+# -- the selected teacher ---------------------------------------------------------------------------
+# select_teacher is a checkpoint: the jobs that load the selected teacher read its seed when the DAG
+# is built (or rebuilt, once a selection has run), take exactly that teacher's model as input and its
+# seed as a parameter.  Switching teacher_selection.by therefore reruns only the jobs whose selected
+# seed changes.
+
+
+def _selection_file(dataset, kind):
+    return checkpoints.select_teacher.get(dataset=dataset, kind=kind).output[0]
+
+
+def _selected_model(dataset, kind):
+    seed = selection.selected_seed(
+        _selection_file(dataset, kind), config["teacher_selection"]["by"]
+    )
+    return L.teacher_run(dataset, kind, seed, "model.pt")
+
+
+def _selected_seed(dataset, kind):
+    try:
+        path = _selection_file(dataset, kind)
+    except IncompleteCheckpointException:
+        return "pending"  # replaced: the job is rebuilt once the selection has run
+    return selection.selected_seed(path, config["teacher_selection"]["by"])
+
+
+def selected_teacher_model(wildcards):
+    return _selected_model(wildcards.dataset, wildcards.kind)
+
+
+def selected_teacher_seed(wildcards):
+    return _selected_seed(wildcards.dataset, wildcards.kind)
+
+
+def student_teacher(wildcards):
+    """A cell's teacher: nothing, its logits table, or the selected teacher's model."""
+    cell = PLAN.cell(wildcards.dataset, wildcards.cell)
+    if cell.teacher_kind is None:
+        return []
+    if PLAN.uses_teacher_logits(cell):
+        return L.teacher(wildcards.dataset, cell.teacher_kind, "train_logits.pt")
+    return _selected_model(wildcards.dataset, cell.teacher_kind)
+
+
+def student_teacher_seed(wildcards):
+    """The selected seed, for the cells that load the teacher itself (a logits table records its own)."""
+    cell = PLAN.cell(wildcards.dataset, wildcards.cell)
+    if cell.teacher_kind is None or PLAN.uses_teacher_logits(cell):
+        return None
+    return _selected_seed(wildcards.dataset, cell.teacher_kind)
+
+
+def student_data(wildcards):
+    cell = PLAN.cell(wildcards.dataset, wildcards.cell)
+    return {
+        "train": L.split(wildcards.dataset, "train"),
+        **labels_file(wildcards.dataset, cell.label_corruption),
+    }
 
 
 def teacher_inputs(wildcards):
     kind = PLAN.teacher_kinds[wildcards.dataset][wildcards.kind]
     return {
-        "train": f"{R}/data/{wildcards.dataset}/train.npz",
-        "val": f"{R}/data/{wildcards.dataset}/val.npz",
-        "test": f"{R}/data/{wildcards.dataset}/test.npz",
+        **{
+            split: L.split(wildcards.dataset, split)
+            for split in ("train", "val", "test")
+        },
         **labels_file(wildcards.dataset, kind.label_corruption),
     }
 
 
-def student_inputs(wildcards):
-    cell = PLAN.cell(wildcards.dataset, wildcards.cell)
-    files = {
-        "train": f"{R}/data/{wildcards.dataset}/train.npz",
-        **labels_file(wildcards.dataset, cell.label_corruption),
-    }
-    if cell.teacher_kind is not None:
-        base = f"{R}/teachers/{wildcards.dataset}/{cell.teacher_kind}"
-        files["best"] = f"{base}/best.json"
-        if PLAN.uses_teacher_logits(cell):
-            files["teacher_logits"] = f"{base}/train_logits.pt"
-        else:
-            files["teachers"] = [f"{base}/seed{s}/model.pt" for s in PLAN.teacher_seeds]
-    return files
-
-
-def teacher_models(wildcards):
-    return [
-        f"{R}/teachers/{wildcards.dataset}/{wildcards.kind}/seed{s}/model.pt"
-        for s in PLAN.teacher_seeds
-    ]
-
-
 def teacher_summaries(wildcards):
     return [
-        f"{R}/teachers/{wildcards.dataset}/{wildcards.kind}/seed{s}/summary.json"
+        L.teacher_run(wildcards.dataset, wildcards.kind, s, "summary.json")
         for s in PLAN.teacher_seeds
     ]
 
 
-def run_outputs():
-    """Every evaluation file of the config: selected teachers, students, attacks."""
-    files = [
-        f"{R}/teachers/{d}/{k}/eval.parquet"
-        for d, kinds in PLAN.teacher_kinds.items()
-        for k in kinds
-    ]
-    files += [
-        f"{R}/students/{d}/{c}/seed{s}/eval.parquet" for d, c, s in PLAN.student_runs()
-    ]
-    files += [
-        f"{R}/students/{d}/{c}/seed{s}/attack.parquet"
-        for d, c, s in PLAN.attacked_runs()
-    ]
-    return files
+# -- what tables, figures and the aggregate read ----------------------------------------------------
+
+
+def checked_inputs(files):
+    """The result files and the selection files their teacher seeds are checked against."""
+    return {
+        "runs": [path for path, _, _ in files],
+        "selections": selection_inputs(files),
+    }
+
+
+def table_inputs(wildcards):
+    return checked_inputs(report_files(PLAN, wildcards.name))
+
+
+def table_expected(wildcards):
+    return PLAN.expected(report_files(PLAN, wildcards.name))
+
+
+def table_context(wildcards):
+    return report_context(PLAN, wildcards.name).to_params()

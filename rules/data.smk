@@ -11,53 +11,48 @@ localrules:
 
 rule prepare_dataset:
     output:
-        train=f"{DATA}/train.npz",
-        val=f"{DATA}/val.npz",
-        test=f"{DATA}/test.npz",
+        train=L.split(D, "train"),
+        val=L.split(D, "val"),
+        test=L.split(D, "test"),
     log:
-        f"{R}/logs/prepare_dataset/{{dataset}}.log",
+        L.log("prepare_dataset", D),
     conda:
         ENV
     resources:
         runtime=60,
         mem_mb=8000,
     params:
-        dataset=dataset_config,
-        data_dir=config["data_dir"],
-        selection=config["teacher_selection"],
+        **settings("prepare_dataset"),
     script:
         "../workflow_scripts/prepare_dataset.py"
 
 
 rule prepare_ood:
     input:
-        test=f"{DATA}/test.npz",
+        test=L.split(D, "test"),
     output:
-        f"{DATA}/ood.npz",
+        L.data(D, "ood.npz"),
     log:
-        f"{R}/logs/prepare_ood/{{dataset}}.log",
+        L.log("prepare_ood", D),
     conda:
         ENV
     resources:
         runtime=60,
         mem_mb=8000,
     params:
-        dataset=dataset_config,
-        data_dir=config["data_dir"],
+        **settings("prepare_ood"),
     script:
         "../workflow_scripts/prepare_ood.py"
 
 
+# The released CIFAR-10-C: fixed files (md5-checked), so no settings.
 rule fetch_corruptions:
     output:
-        f"{DATA}/corruptions_fetched.json",
+        L.data(D, "corruptions_fetched.json"),
     log:
-        f"{R}/logs/fetch_corruptions/{{dataset}}.log",
+        L.log("fetch_corruptions", D),
     conda:
         ENV
-    params:
-        dataset=dataset_config,
-        data_dir=config["data_dir"],
     script:
         "../workflow_scripts/fetch_corruptions.py"
 
@@ -65,11 +60,11 @@ rule fetch_corruptions:
 rule prepare_corruptions:
     input:
         fetched=released_corruptions,
-        test=f"{DATA}/test.npz",
+        test=L.split(D, "test"),
     output:
-        f"{DATA}/corruptions.npy",
+        L.data(D, "corruptions.npy"),
     log:
-        f"{R}/logs/prepare_corruptions/{{dataset}}.log",
+        L.log("prepare_corruptions", D),
     conda:
         ENV
     threads: 2
@@ -77,22 +72,21 @@ rule prepare_corruptions:
         runtime=120,
         mem_mb=16000,
     params:
-        dataset=dataset_config,
-        data_dir=config["data_dir"],
+        **settings("prepare_corruptions"),
     script:
         "../workflow_scripts/prepare_corruptions.py"
 
 
 rule corrupt_labels:
     input:
-        train=f"{DATA}/train.npz",
+        train=L.split(D, "train"),
     output:
-        f"{DATA}/labels_lc{{rate}}.npz",
+        L.labels(D, "{rate}"),
     log:
-        f"{R}/logs/corrupt_labels/{{dataset}}_lc{{rate}}.log",
+        L.log("corrupt_labels", f"{D}_lc{{rate}}"),
     conda:
         ENV
     params:
-        seed=config.get("label_corruption_seed", 0),
+        **settings("corrupt_labels"),
     script:
         "../workflow_scripts/corrupt_labels.py"

@@ -4,12 +4,12 @@
 rule evaluate_student:
     input:
         unpack(evaluation_sets),
-        model=f"{STUDENT}/model.pt",
-        summary=f"{STUDENT}/summary.json",
+        model=L.student(D, C, S, "model.pt"),
+        summary=L.student(D, C, S, "summary.json"),
     output:
-        f"{STUDENT}/eval.parquet",
+        L.student(D, C, S, "eval.parquet"),
     log:
-        f"{R}/logs/evaluate_student/{{dataset}}_{{cell}}_seed{{seed}}.log",
+        L.log("evaluate_student", f"{D}_{C}_seed{S}"),
     conda:
         ENV
     threads: THREADS
@@ -17,21 +17,23 @@ rule evaluate_student:
         gpu=GPU,
         runtime=config["resources"].get("eval_runtime_min", 120),
         mem_mb=config["resources"].get("train_mem_mb", 16000),
+    params:
+        **settings("evaluate_student"),
     script:
         "../workflow_scripts/evaluate_student.py"
 
 
 rule attack_student:
     input:
-        model=f"{STUDENT}/model.pt",
-        summary=f"{STUDENT}/summary.json",
-        test=f"{DATA}/test.npz",
+        model=L.student(D, C, S, "model.pt"),
+        summary=L.student(D, C, S, "summary.json"),
+        test=L.split(D, "test"),
     output:
-        f"{STUDENT}/attack.parquet",
+        L.student(D, C, S, "attack.parquet"),
     log:
-        f"{R}/logs/attack_student/{{dataset}}_{{cell}}_seed{{seed}}.log",
+        L.log("attack_student", f"{D}_{C}_seed{S}"),
     benchmark:
-        f"{R}/benchmarks/attack_student/{{dataset}}_{{cell}}_seed{{seed}}.tsv"
+        L.benchmark("attack_student", f"{D}_{C}_seed{S}")
     conda:
         ENV
     threads: THREADS
@@ -39,5 +41,7 @@ rule attack_student:
         gpu=GPU,
         runtime=config["resources"].get("attack_runtime_min", 360),
         mem_mb=config["resources"].get("train_mem_mb", 16000),
+    params:
+        **settings("attack_student"),
     script:
         "../workflow_scripts/attack_student.py"

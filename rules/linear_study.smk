@@ -4,26 +4,26 @@
 rule linear_study:
     output:
         md=report(
-            f"{R}/tables/linear_study.md",
+            L.table("linear_study", "md"),
             category="Tables",
             caption="../report/linear_study.rst",
         ),
-        tex=f"{R}/tables/linear_study.tex",
-        csv=f"{R}/tables/linear_study.csv",
+        tex=L.table("linear_study", "tex"),
+        csv=L.table("linear_study", "csv"),
         png=report(
-            f"{R}/figures/linear_study.png",
+            L.figure("linear_study", "png"),
             category="Figures",
             caption="../report/linear_study.rst",
         ),
-        pdf=f"{R}/figures/linear_study.pdf",
-        results=f"{R}/linear_study/results.parquet",
-        curves=f"{R}/linear_study/curves.parquet",
+        pdf=L.figure("linear_study", "pdf"),
+        results=L.linear_study("results.parquet"),
+        curves=L.linear_study("curves.parquet"),
     log:
-        f"{R}/logs/linear_study.log",
+        L.log("linear_study"),
     localrule: True
     conda:
         ENV
     params:
-        study=config.get("linear_study", {}),
+        settings=PLAN.linear_study_settings(),
     script:
         "../workflow_scripts/linear_study.py"

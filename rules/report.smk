@@ -1,69 +1,79 @@
 # Aggregation, tables and figures.  Each table and figure reads only the run files it needs, so
-# `snakemake figure2` builds nothing else; `all_tables` / `all_figures` build them all.
+# `snakemake figure2` builds nothing else; `all_tables` / `all_figures` build them all.  Each checks
+# that every file it reads was computed with the settings this config expects (noisekd.lineage).
 
 TABLES = report_names(PLAN, "table")
 FIGURES = report_names(PLAN, "figure")
+RESULT_FILES = PLAN.all_result_files()
 
 
 rule aggregate:
     input:
-        run_outputs(),
+        **checked_inputs(RESULT_FILES),
     output:
-        metrics=f"{R}/metrics.parquet",
-        manifest=f"{R}/manifest.json",
+        metrics=L.metrics,
+        manifest=L.manifest,
     log:
-        f"{R}/logs/aggregate.log",
+        L.log("aggregate"),
     localrule: True
     conda:
         ENV
+    params:
+        expected=PLAN.expected(RESULT_FILES),
     script:
         "../workflow_scripts/aggregate.py"
 
 
 rule table:
     input:
-        lambda wc: report_inputs(PLAN, wc.name),
+        unpack(table_inputs),
     output:
         md=report(
-            f"{R}/tables/{{name}}.md", category="Tables", caption="../report/table.rst"
+            L.table("{name}", "md"), category="Tables", caption="../report/table.rst"
         ),
-        tex=f"{R}/tables/{{name}}.tex",
-        csv=f"{R}/tables/{{name}}.csv",
+        tex=L.table("{name}", "tex"),
+        csv=L.table("{name}", "csv"),
     log:
-        f"{R}/logs/table/{{name}}.log",
+        L.log("table", "{name}"),
     wildcard_constraints:
         name="|".join(TABLES) or "no_tables",
     localrule: True
     conda:
         ENV
+    params:
+        report=table_context,
+        expected=table_expected,
     script:
         "../workflow_scripts/make_table.py"
 
 
 rule figure:
     input:
-        lambda wc: report_inputs(PLAN, wc.name),
+        unpack(table_inputs),
     output:
         png=report(
-            f"{R}/figures/{{name}}.png",
+            L.figure("{name}", "png"),
             category="Figures",
             caption="../report/figure.rst",
         ),
-        pdf=f"{R}/figures/{{name}}.pdf",
+        pdf=L.figure("{name}", "pdf"),
     log:
-        f"{R}/logs/figure/{{name}}.log",
+        L.log("figure", "{name}"),
     wildcard_constraints:
         name="|".join(FIGURES) or "no_figures",
     localrule: True
     conda:
         ENV
+    params:
+        report=table_context,
+        expected=table_expected,
     script:
         "../workflow_scripts/make_figure.py"
 
 
 rule all_figures:
     input:
-        expand(f"{R}/figures/{{name}}.png", name=FIGURES),
+        expand(L.figure("{name}", "png"), name=FIGURES),
         rules.linear_study.output.png if "linear_study" in config else [],
 
 
@@ -71,9 +81,9 @@ rule all_tables:
     # The main target: every table and figure of the config, plus the aggregated metrics.
     default_target: True
     input:
-        expand(f"{R}/tables/{{name}}.md", name=TABLES),
+        expand(L.table("{name}", "md"), name=TABLES),
         rules.all_figures.input,
-        f"{R}/metrics.parquet",
+        L.metrics,
         rules.linear_study.output.md if "linear_study" in config else [],
 
 
@@ -83,7 +93,7 @@ for _name in TABLES:
         name:
             _name
         input:
-            f"{R}/tables/{_name}.md",
+            L.table(_name, "md"),
         localrule: True
 
 
@@ -93,7 +103,7 @@ for _name in FIGURES:
         name:
             _name
         input:
-            f"{R}/figures/{_name}.png",
+            L.figure(_name, "png"),
         localrule: True
 
 

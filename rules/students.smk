@@ -4,14 +4,15 @@
 
 rule train_students:
     input:
-        unpack(student_inputs),
+        unpack(student_data),
+        teacher=student_teacher,
     output:
-        models=[f"{CELL}/seed{s}/model.pt" for s in PLAN.student_seeds],
-        summaries=[f"{CELL}/seed{s}/summary.json" for s in PLAN.student_seeds],
+        models=[L.student(D, C, s, "model.pt") for s in PLAN.student_seeds],
+        summaries=[L.student(D, C, s, "summary.json") for s in PLAN.student_seeds],
     log:
-        f"{R}/logs/train_students/{{dataset}}_{{cell}}.log",
+        L.log("train_students", f"{D}_{C}"),
     benchmark:
-        f"{R}/benchmarks/train_students/{{dataset}}_{{cell}}.tsv"
+        L.benchmark("train_students", f"{D}_{C}")
     conda:
         ENV
     threads: THREADS
@@ -19,5 +20,9 @@ rule train_students:
         gpu=GPU,
         runtime=config["resources"].get("train_runtime_min", 720),
         mem_mb=config["resources"].get("train_mem_mb", 16000),
+    params:
+        **settings("train_students"),
+        seeds=PLAN.student_seeds,
+        teacher_seed=student_teacher_seed,
     script:
         "../workflow_scripts/train_students.py"

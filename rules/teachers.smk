@@ -1,18 +1,18 @@
 # Teachers: every kind (plain, dropout p for Fickle Teacher, corrupted labels for Messy
 # Collaboration), its seeds trained in one job (side by side on its GPU), then the best seed per
-# kind and its evaluation.
+# kind (a checkpoint: its consumers read the seed, see common.smk) and its evaluation.
 
 
 rule train_teachers:
     input:
         unpack(teacher_inputs),
     output:
-        models=[f"{TEACHER}/seed{s}/model.pt" for s in PLAN.teacher_seeds],
-        summaries=[f"{TEACHER}/seed{s}/summary.json" for s in PLAN.teacher_seeds],
+        models=[L.teacher_run(D, K, s, "model.pt") for s in PLAN.teacher_seeds],
+        summaries=[L.teacher_run(D, K, s, "summary.json") for s in PLAN.teacher_seeds],
     log:
-        f"{R}/logs/train_teachers/{{dataset}}_{{kind}}.log",
+        L.log("train_teachers", f"{D}_{K}"),
     benchmark:
-        f"{R}/benchmarks/train_teachers/{{dataset}}_{{kind}}.tsv"
+        L.benchmark("train_teachers", f"{D}_{K}")
     conda:
         ENV
     threads: THREADS
@@ -20,22 +20,24 @@ rule train_teachers:
         gpu=GPU,
         runtime=config["resources"].get("train_runtime_min", 720),
         mem_mb=config["resources"].get("train_mem_mb", 16000),
+    params:
+        **settings("train_teachers"),
+        seeds=PLAN.teacher_seeds,
     script:
         "../workflow_scripts/train_teachers.py"
 
 
-rule select_teacher:
+# The seed each selection rule picks, from the teachers' results alone: no settings.
+checkpoint select_teacher:
     input:
         teacher_summaries,
     output:
-        f"{TEACHER}/best.json",
+        L.teacher(D, K, "best.json"),
     log:
-        f"{R}/logs/select_teacher/{{dataset}}_{{kind}}.log",
+        L.log("select_teacher", f"{D}_{K}"),
     localrule: True
     conda:
         ENV
-    params:
-        by=config["teacher_selection"]["by"],
     script:
         "../workflow_scripts/select_teacher.py"
 
@@ -43,12 +45,12 @@ rule select_teacher:
 rule evaluate_teacher:
     input:
         unpack(evaluation_sets),
-        best=f"{TEACHER}/best.json",
-        models=teacher_models,
+        selection=L.teacher(D, K, "best.json"),
+        model=selected_teacher_model,
     output:
-        f"{TEACHER}/eval.parquet",
+        L.teacher(D, K, "eval.parquet"),
     log:
-        f"{R}/logs/evaluate_teacher/{{dataset}}_{{kind}}.log",
+        L.log("evaluate_teacher", f"{D}_{K}"),
     conda:
         ENV
     threads: THREADS
@@ -56,6 +58,9 @@ rule evaluate_teacher:
         gpu=GPU,
         runtime=config["resources"].get("eval_runtime_min", 120),
         mem_mb=config["resources"].get("train_mem_mb", 16000),
+    params:
+        **settings("evaluate_teacher"),
+        teacher_seed=selected_teacher_seed,
     script:
         "../workflow_scripts/evaluate_teacher.py"
 
@@ -64,15 +69,14 @@ rule evaluate_teacher:
 # whose teacher gives only logits (Hinton, SR, MC, Noisy Teacher) instead of running it every step.
 rule teacher_logits:
     input:
-        best=f"{TEACHER}/best.json",
-        models=teacher_models,
-        train=f"{DATA}/train.npz",
+        model=selected_teacher_model,
+        train=L.split(D, "train"),
     output:
-        f"{TEACHER}/train_logits.pt",
+        L.teacher(D, K, "train_logits.pt"),
     log:
-        f"{R}/logs/teacher_logits/{{dataset}}_{{kind}}.log",
+        L.log("teacher_logits", f"{D}_{K}"),
     benchmark:
-        f"{R}/benchmarks/teacher_logits/{{dataset}}_{{kind}}.tsv"
+        L.benchmark("teacher_logits", f"{D}_{K}")
     conda:
         ENV
     threads: THREADS
@@ -80,5 +84,8 @@ rule teacher_logits:
         gpu=GPU,
         runtime=config["resources"].get("eval_runtime_min", 120),
         mem_mb=config["resources"].get("train_mem_mb", 16000),
+    params:
+        **settings("teacher_logits"),
+        teacher_seed=selected_teacher_seed,
     script:
         "../workflow_scripts/teacher_logits.py"

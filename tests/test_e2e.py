@@ -4,6 +4,7 @@ The SLURM test needs a reachable cluster (`.ci/slurm/start.sh` starts a single-n
 one it is skipped locally; under CI=true it must run, so a missing cluster fails it.
 """
 
+import json
 import os
 import re
 import shutil
@@ -14,24 +15,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_workflow import ROOT, snakemake  # noqa: E402
+from ci_run import run_ci_preset, stale_copy_first
+from noisekd.config import load_config
+from noisekd.evaluate import read_rows_settings
+from noisekd.lineage import settings_hash
+from noisekd.plan import Plan
+from test_workflow import ROOT, snakemake
 
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table_s1", "table_s2_s3", "table_s4", "table_related",
           "linear_study"]
 FIGURES = ["figure2", "figure3", "figure4", "figure5", "linear_study"]
-
-
-def _preset(tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(f"results_dir: {tmp_path / name}\n")
-    return path
-
-
-def _run_ci_preset(tmp_path: Path, name: str, *extra: str, timeout: int = 900, env=None):
-    override = _preset(tmp_path, name)
-    proc = snakemake("all_tables", *extra, "--configfile", "presets/ci.yaml", str(override), timeout=timeout,
-                     env=env)
-    return tmp_path / name, proc
 
 
 def _counting_squeue(tmp_path: Path) -> tuple[dict, Path]:
@@ -53,25 +46,14 @@ def _check_outputs(results: Path):
             assert (results / "figures" / f"{f}.{ext}").stat().st_size > 0, f"{f}.{ext}"
     metrics = pd.read_parquet(results / "metrics.parquet")
     assert {"test_acc", "ood_acc", "mca", "robust_acc_worst_of_restarts"} <= set(metrics.metric)
-    assert metrics.git_commit.notna().all() and metrics.config_hash.nunique() == 1
-
-
-def _stale_copy_first(tmp_path: Path) -> dict:
-    """PYTHONPATH with a `noisekd` that fails on import ahead of site-packages: a stale installed copy.
-
-    The run must still pass, because the Snakefile and every job import this checkout's noisekd.
-    """
-    stale = tmp_path / "stale" / "noisekd"
-    stale.mkdir(parents=True)
-    (stale / "__init__.py").write_text('raise ImportError("a stale installed copy of noisekd was imported")\n')
-    return {"PYTHONPATH": str(stale.parent)}
-
-
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("local")
-    results, _ = _run_ci_preset(tmp, "local", "--cores", "2", env=_stale_copy_first(tmp))
-    return results
+    assert metrics.git_commit.notna().all()
+    # Every result file records the settings this config plans for it, and its rows their hash.
+    plan = Plan(load_config(ROOT / "config.yaml", ROOT / "presets" / "ci.yaml", results.parent / f"{results.name}.yaml"))
+    expected = {path: settings for path, settings, _ in plan.all_result_files()}
+    for path, settings in expected.items():
+        assert read_rows_settings(path) == json.loads(json.dumps(settings)), path
+        assert set(pd.read_parquet(path).settings_hash) == {settings_hash(settings)}, path
+    assert set(metrics.settings_hash) == {settings_hash(s) for s in expected.values()}
 
 
 @pytest.mark.slow
@@ -106,9 +88,9 @@ def test_ci_preset_through_slurm_matches_the_local_run(local_run, tmp_path):
         pytest.skip(reason)
     logs_before = set((ROOT / ".snakemake" / "slurm_logs").rglob("*.log"))
     env, squeue_log = _counting_squeue(tmp_path)
-    env |= _stale_copy_first(tmp_path)
+    env |= stale_copy_first(tmp_path)
     t0 = time.time()
-    results, proc = _run_ci_preset(tmp_path, "slurm", "--profile", "slurm", "--jobs", "4", timeout=1500, env=env)
+    results, proc = run_ci_preset(tmp_path, "slurm", "--profile", "slurm", "--jobs", "4", timeout=1500, env=env)
     wall = time.time() - t0
     _check_outputs(results)
     # Status checks stay gentle on slurmctld: one squeue per round for all of the run's jobs (by the
@@ -147,9 +129,6 @@ def test_snakemake_report_bundles_tables_and_figures(local_run, tmp_path):
 def test_a_second_run_reproduces_the_same_rows(local_run, tmp_path):
     """Same config and seeds, a fresh results folder: one attacked student's evaluation and attack rows
     (every column, provenance included) equal the first run's, and so do its weights."""
-    from noisekd.config import load_config
-    from noisekd.plan import Plan
-
     plan = Plan(load_config("config.yaml", "presets/ci.yaml"))
     dataset, cell, seed = plan.attacked_runs()[0]
     run = f"students/{dataset}/{cell}/seed{seed}"

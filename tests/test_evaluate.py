@@ -7,8 +7,9 @@ import torch
 
 from noisekd.__main__ import main
 from noisekd.data import Augmentation, ImageData
-from noisekd.evaluate import ROW_COLUMNS, accuracy, corruption_rows, finish_rows, read_rows_config, write_rows
-from noisekd.provenance import git_commit, provenance, settings_hash
+from noisekd.evaluate import ROW_COLUMNS, accuracy, corruption_rows, finish_rows, read_rows_settings, write_rows
+from noisekd.lineage import settings_hash
+from noisekd.provenance import git_commit, provenance
 from noisekd.methods import MethodParams, get_method
 from noisekd.models import WRNSpec
 from noisekd.sources import load_digits
@@ -48,18 +49,20 @@ def test_accuracy_conditional_accuracy_and_mca_by_hand():
 
 
 def test_rows_are_tidy_and_carry_provenance(tmp_path):
-    config = {"results_dir": "results/x", "train": {"epochs": 3}, "seeds": {"student": [0, 1]}}
+    settings = {"data": {"source": "digits", "holdout": None}, "student": {"train": {"epochs": 3}}, "seed": 1}
     rows = finish_rows([{"metric": "test_acc", "value": 0.5}], {"run_id": "r", "seed": 1, "params": {"sigma": 0.1}},
-                       provenance(config, "cpu"))
-    write_rows(rows, tmp_path / "rows.parquet", config=config)
+                       provenance(settings, "cpu"))
+    write_rows(rows, tmp_path / "rows.parquet", settings=settings)
     frame = pd.read_parquet(tmp_path / "rows.parquet")
     assert list(frame.columns) == list(ROW_COLUMNS)
     assert frame.loc[0, "params"] == '{"sigma": 0.1}' and frame.loc[0, "git_commit"] == git_commit()
-    # The file carries the config its rows' hash names (the hash leaves the locations out).
-    assert read_rows_config(tmp_path / "rows.parquet") == config
-    assert frame.loc[0, "config_hash"] == settings_hash(config) == settings_hash({**config, "results_dir": "elsewhere"})
+    # The file carries the settings its rows' hash names; the hash does not depend on key order.
+    assert read_rows_settings(tmp_path / "rows.parquet") == settings
+    reordered = {"seed": 1, "student": {"train": {"epochs": 3}}, "data": {"holdout": None, "source": "digits"}}
+    assert frame.loc[0, "settings_hash"] == settings_hash(settings) == settings_hash(reordered)
+    assert settings_hash({**settings, "seed": 2}) != settings_hash(settings)
     write_rows(rows, tmp_path / "bare.parquet")
-    assert read_rows_config(tmp_path / "bare.parquet") is None
+    assert read_rows_settings(tmp_path / "bare.parquet") is None
     assert not list(tmp_path.glob(".*tmp"))  # nothing half-written left behind
 
 

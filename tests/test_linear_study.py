@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from noisekd import linear_study as ls
-from noisekd.io import NoiseKDError
+from noisekd.errors import NoiseKDError
 from noisekd.report import write_figure, write_table
 
 SMALL = {"seeds": [0, 1], "val_window": 400}

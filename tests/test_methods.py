@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from noisekd.data import Augmentation, ImageData, random_relabel
-from noisekd.io import NoiseKDError
+from noisekd.errors import NoiseKDError
 from noisekd.methods import METHODS, MethodParams, get_method
 from noisekd.models import WRNSpec
 from noisekd.train import TrainConfig, build_model, distillation_loss, fit, perturb_logits, set_teacher_mode

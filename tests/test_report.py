@@ -15,8 +15,8 @@ import yaml
 
 from noisekd.corruptions import CORRUPTIONS
 from noisekd.evaluate import ROW_COLUMNS, rows_frame
-from noisekd.io import NoiseKDError
-from noisekd.plan import Plan, deep_merge
+from noisekd.errors import NoiseKDError
+from noisekd.plan import Plan, deep_merge, report_context
 from noisekd.report import FIGURES, TABLES, Stat, Table, cell_label, method_label, write_figure, write_table
 
 
@@ -33,7 +33,7 @@ def synth(plan: Plan, seed: int = 0, ood: bool = True, corruptions: bool = True)
     """Rows shaped like noisekd.evaluate's for every planned run: students, selected teachers and candidates."""
     rng = np.random.default_rng(seed)
     cols: dict[str, list] = {c: [] for c in ROW_COLUMNS}
-    prov = {"config_hash": "abc", "git_commit": "0" * 40, "versions": "{}", "device": "cpu"}
+    prov = {"settings_hash": "abc", "git_commit": "0" * 40, "versions": "{}", "device": "cpu"}
 
     def add(n, **kw):
         base = {c: None for c in ROW_COLUMNS} | prov | kw
@@ -114,7 +114,7 @@ def ci_frame(ci_plan):
 
 def test_mean_std_of_one_cell_by_hand(ci_plan, ci_frame):
     set_values(ci_frame, "digits", "hinton", "test_acc", [0.90, 0.92, 0.97])
-    table = TABLES["table1"](ci_frame, ci_plan)
+    table = TABLES["table1"](ci_frame, report_context(ci_plan, "table1"))
     cell = table.cell("Hinton", "Digits / Test Acc.")
     # mean 0.93; sample std sqrt((0.03^2 + 0.01^2 + 0.04^2) / 2) = sqrt(0.0013)
     assert cell.stat.n == 3
@@ -135,14 +135,14 @@ def test_mca_and_pgd_columns_are_the_papers_measures(ci_plan, ci_frame):
     # §2.3: PGD reports the worst of the 5 random-start runs (min over runs, not the per-sample worst case).
     set_values(ci_frame, "digits", "hinton", "mca", [0.50, 0.50, 0.50])
     set_values(ci_frame, "digits", "hinton", "mca_cond", [0.70, 0.72, 0.74])
-    assert TABLES["table1"](ci_frame, ci_plan).cell("Hinton", "Digits / mCA").text() == "72.00 ± 2.00"
+    assert TABLES["table1"](ci_frame, report_context(ci_plan, "table1")).cell("Hinton", "Digits / mCA").text() == "72.00 ± 2.00"
     name = next(n for n in ci_plan.tables["related"]["digits"] if n.startswith("sr_"))
     a = ci_plan.pgd20
     for metric, values in (("robust_acc_worst_of_restarts", [0.1, 0.1, 0.1]), ("robust_acc_min_over_runs", [0.2, 0.3, 0.4])):
         rows = ((ci_frame["cell"] == name) & (ci_frame["metric"] == metric) & (ci_frame["steps"] == a.steps)
                 & (ci_frame["eps"] == a.eps))
         ci_frame.loc[rows, "value"] = values
-    related = TABLES["table_related"](ci_frame, ci_plan)
+    related = TABLES["table_related"](ci_frame, report_context(ci_plan, "table_related"))
     label = cell_label(ci_plan.cell("digits", name))
     assert related.cell(label, f"PGD-{a.steps} Acc.").text() == "30.00 ± 10.00"
 
@@ -156,7 +156,7 @@ def test_bold_marks_the_best(ci_plan, ci_frame):
     set_values(ci_frame, "digits", "at", "test_acc", [0.99, 0.99, 0.99])
     set_values(ci_frame, "digits", "sr_s0.1", "test_acc", [0.10, 0.10, 0.10])
     set_values(ci_frame, "digits", "ga_s0.1", "test_acc", [0.20, 0.20, 0.20])
-    t1 = TABLES["table1"](ci_frame, ci_plan)
+    t1 = TABLES["table1"](ci_frame, report_context(ci_plan, "table1"))
     col = "Digits / Test Acc."
     assert t1.cell("AT", col).bold
     assert [r.index[0] for r in t1.rows if r.cells[1].bold] == ["AT"]
@@ -164,7 +164,7 @@ def test_bold_marks_the_best(ci_plan, ci_frame):
     at_line = next(line for line in t1.to_markdown().splitlines() if line.startswith("| AT |"))
     assert "| **99.00 ± 0.00** |" in at_line
     assert r"\textbf{99.00 $\pm$ 0.00}" in t1.to_latex()
-    t3 = TABLES["table3"](ci_frame, ci_plan)  # GA vs SR per row
+    t3 = TABLES["table3"](ci_frame, report_context(ci_plan, "table3"))  # GA vs SR per row
     assert t3.cell("0.1", "Digits Test Acc. / GA").bold
     assert not t3.cell("0.1", "Digits Test Acc. / SR").bold
 
@@ -172,19 +172,19 @@ def test_bold_marks_the_best(ci_plan, ci_frame):
 def test_teacher_column_uses_selected_teacher_of_the_right_kind(ci_plan, ci_frame):
     for kind, v in (("plain", 0.9511), ("p0.3", 0.9477), ("lc0.3", 0.8123)):
         set_values(ci_frame, "digits", kind, "test_acc", [v], role="teacher")
-    t1 = TABLES["table1"](ci_frame, ci_plan)
+    t1 = TABLES["table1"](ci_frame, report_context(ci_plan, "table1"))
     assert t1.cell("Baseline", "Digits / Teacher").text() == "-"
     assert t1.cell("Hinton", "Digits / Teacher").text() == "95.11"
     assert t1.cell("AT", "Digits / Teacher").text() == "95.11"
     assert t1.cell("FT-0.3", "Digits / Teacher").text() == "94.77"
-    s2 = TABLES["table_s2_s3"](ci_frame, ci_plan)
+    s2 = TABLES["table_s2_s3"](ci_frame, report_context(ci_plan, "table_s2_s3"))
     assert s2.cell("0", "Teacher").text() == "95.11"
     assert s2.cell("0.3", "Teacher").text() == "81.23"
     # a second 'selected' teacher of one kind is ambiguous
     extra = ci_frame[(ci_frame["role"] == "teacher") & (ci_frame["cell"] == "plain")].copy()
     extra["seed"] = 0
     with pytest.raises(NoiseKDError, match="plain"):
-        TABLES["table1"](pd.concat([ci_frame, extra], ignore_index=True), ci_plan)
+        TABLES["table1"](pd.concat([ci_frame, extra], ignore_index=True), report_context(ci_plan, "table1"))
 
 
 def test_labels_are_derived_from_cells(demo_plan):
@@ -204,7 +204,7 @@ def test_every_table_renders(preset, tmp_path):
     plan = make_plan(preset)
     frame = synth(plan, seed=1)
     for name, build in TABLES.items():
-        table = build(frame, plan)
+        table = build(frame, report_context(plan, name))
         assert isinstance(table, Table) and table.rows, name
         md, tex, text = table.to_markdown(), table.to_latex(), table.to_csv()
         assert md.count("\n|") >= len(table.rows) + 1
@@ -220,39 +220,39 @@ def test_every_table_renders(preset, tmp_path):
 
 def test_table_layouts_follow_the_plan(demo_plan):
     frame = synth(demo_plan, seed=2)
-    t1 = TABLES["table1"](frame, demo_plan)
+    t1 = TABLES["table1"](frame, report_context(demo_plan, "table1"))
     assert [r.index[0] for r in t1.rows] == ["Baseline", "Hinton", "AT", "SP", "RKD-D", "RKD-A", "RKD-DA",
                                              "FT-0.1", "FT-0.3"]
     assert [t1.header(c) for c in t1.columns] == ["Digits / Teacher", "Digits / Test Acc.",
                                                   "Digits / Printed digits Acc.", "Digits / mCA"]
-    t2 = TABLES["table2"](frame, demo_plan)
+    t2 = TABLES["table2"](frame, report_context(demo_plan, "table2"))
     assert [c.name for c in t2.columns] == ["Original", "+H", "+FT-0.3"] * 2
-    t4 = TABLES["table4"](frame, demo_plan)
+    t4 = TABLES["table4"](frame, report_context(demo_plan, "table4"))
     assert [c.name for c in t4.columns] == [str(a.steps) for a in demo_plan.table4_attacks]
     n_sigma = len(demo_plan.tables["table4"]["digits"])  # GA and SR per sigma, in two aggregate blocks
     assert {r.block for r in t4.rows} == {b for b in (t4.rows[0].block, t4.rows[-1].block)}
     assert len(t4.rows) == 2 * 2 * n_sigma
     assert "authors' aggregate" in t4.caption
-    t5 = TABLES["table5"](frame, demo_plan)
+    t5 = TABLES["table5"](frame, report_context(demo_plan, "table5"))
     assert [c.name for c in t5.columns] == ["1", "8", "50", "200"]
-    rel = TABLES["table_related"](frame, demo_plan)
+    rel = TABLES["table_related"](frame, report_context(demo_plan, "table_related"))
     assert rel.cell("Hinton", "PGD-20 Acc.").text() == "-"
     assert rel.cell("SR σ=0.2", "PGD-20 Acc.").stat is not None
-    s2 = TABLES["table_s2_s3"](frame, demo_plan)
+    s2 = TABLES["table_s2_s3"](frame, report_context(demo_plan, "table_s2_s3"))
     assert [c.name for c in s2.columns] == ["Teacher", "Baseline", "Hinton (r=0)", "MC r=0.2"]
     assert [r.index[0] for r in s2.rows] == ["0", "0.3"]
 
 
 def test_missing_ood_and_corruptions_are_left_out(ci_plan):
     frame = synth(ci_plan, ood=False, corruptions=False)
-    t1 = TABLES["table1"](frame, ci_plan)
+    t1 = TABLES["table1"](frame, report_context(ci_plan, "table1"))
     assert [c.name for c in t1.columns] == ["Teacher", "Test Acc."]
-    assert [c.name for c in TABLES["table2"](frame, ci_plan).columns] == ["Original", "+H", "+FT-0.3"]
-    assert not TABLES["table_s4"](frame, ci_plan).rows
-    TABLES["table_s4"](frame, ci_plan).to_latex()
-    assert [c.name for c in TABLES["table_related"](frame, ci_plan).columns] == ["Test Acc.", "PGD-3 Acc."]
-    for build in FIGURES.values():
-        build(frame, ci_plan).clear()
+    assert [c.name for c in TABLES["table2"](frame, report_context(ci_plan, "table2")).columns] == ["Original", "+H", "+FT-0.3"]
+    assert not TABLES["table_s4"](frame, report_context(ci_plan, "table_s4")).rows
+    TABLES["table_s4"](frame, report_context(ci_plan, "table_s4")).to_latex()
+    assert [c.name for c in TABLES["table_related"](frame, report_context(ci_plan, "table_related")).columns] == ["Test Acc.", "PGD-3 Acc."]
+    for name, build in FIGURES.items():
+        build(frame, report_context(ci_plan, name)).clear()
 
 
 @pytest.mark.parametrize("table, cell, metric, message", [
@@ -266,28 +266,28 @@ def test_missing_ood_and_corruptions_are_left_out(ci_plan):
 def test_missing_rows_raise_naming_the_cell(ci_plan, ci_frame, table, cell, metric, message):
     frame = ci_frame[~((ci_frame["cell"] == cell) & (ci_frame["metric"] == metric))]
     with pytest.raises(NoiseKDError, match=message.replace("(", r"\(")):
-        TABLES[table](frame, ci_plan)
+        TABLES[table](frame, report_context(ci_plan, table))
 
 
 def test_missing_teacher_and_figure_rows_raise(ci_plan, ci_frame):
     frame = ci_frame[~((ci_frame["role"] == "teacher") & (ci_frame["cell"] == "p0.3"))]
     with pytest.raises(NoiseKDError, match="digits/p0.3"):
-        TABLES["table1"](frame, ci_plan)
+        TABLES["table1"](frame, report_context(ci_plan, "table1"))
     frame = ci_frame[~((ci_frame["cell"] == "sr_s0.1") & (ci_frame["metric"] == "robust_acc_min_over_runs"))]
     with pytest.raises(NoiseKDError, match="figure2: no robust_acc_min_over_runs rows for digits/sr_s0.1"):
-        FIGURES["figure2"](frame, ci_plan)
+        FIGURES["figure2"](frame, report_context(ci_plan, "figure2"))
     frame = ci_frame[~((ci_frame["cell"] == "baseline_lc0.3") & (ci_frame["metric"] == "ood_acc"))]
     with pytest.raises(NoiseKDError, match="figure5: no ood_acc rows for digits/baseline_lc0.3"):
-        FIGURES["figure5"](frame, ci_plan)
+        FIGURES["figure5"](frame, report_context(ci_plan, "figure5"))
     with pytest.raises(NoiseKDError, match="duplicate"):
         dup = ci_frame[(ci_frame["cell"] == "at") & (ci_frame["metric"] == "test_acc")].iloc[:1]
-        TABLES["table1"](pd.concat([ci_frame, dup], ignore_index=True), ci_plan)
+        TABLES["table1"](pd.concat([ci_frame, dup], ignore_index=True), report_context(ci_plan, "table1"))
 
 
 def test_evaluate_rows_frame_is_accepted(ci_plan, ci_frame):
     """The frame as noisekd.evaluate.rows_frame builds it (object columns with None) works too."""
     frame = rows_frame(ci_frame.astype(object).where(ci_frame.notna(), None).to_dict("records"))
-    assert TABLES["table1"](frame, ci_plan).to_csv() == TABLES["table1"](ci_frame, ci_plan).to_csv()
+    assert TABLES["table1"](frame, report_context(ci_plan, "table1")).to_csv() == TABLES["table1"](ci_frame, report_context(ci_plan, "table1")).to_csv()
 
 
 @pytest.mark.parametrize("preset", ["ci", "demo"])
@@ -295,7 +295,7 @@ def test_every_figure_renders(preset, tmp_path):
     plan = make_plan(preset)
     frame = synth(plan, seed=3)
     for name, build in FIGURES.items():
-        fig = build(frame, plan)
+        fig = build(frame, report_context(plan, name))
         assert fig.axes, name
         write_figure(fig, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf")
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -309,7 +309,7 @@ def test_all_tables_from_100k_rows_are_fast():
     frame = synth(plan, seed=4)
     assert len(frame) >= 100_000
     start = time.perf_counter()
-    tables = {name: build(frame, plan) for name, build in TABLES.items()}
+    tables = {name: build(frame, report_context(plan, name)) for name, build in TABLES.items()}
     elapsed = time.perf_counter() - start
     print(f"{len(frame)} rows: all tables in {elapsed:.2f}s")
     assert elapsed < 10

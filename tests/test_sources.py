@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from noisekd.data import ImageData, load_image_data, save_image_data
-from noisekd.io import NoiseKDError
+from noisekd.errors import NoiseKDError
 from noisekd.sources import (
     CIFAR10_CLASSES,
     CIFAR10C_CORRUPTIONS,
@@ -530,6 +530,7 @@ def test_released_corruptions_fetch_then_stack(tmp_path, monkeypatch):
 
     from noisekd import pipeline
     from noisekd.corruptions import CORRUPTIONS
+    from noisekd.settings import Runtime
 
     arrays = write_cifar10c(tmp_path / "src" / "CIFAR-10-C", names=CORRUPTIONS)
     archive = tmp_path / "CIFAR-10-C.tar"
@@ -538,23 +539,31 @@ def test_released_corruptions_fetch_then_stack(tmp_path, monkeypatch):
     labels = torch.from_numpy(np.load(tmp_path / "src" / "CIFAR-10-C" / "labels.npy")[:4].astype(np.int64))
     test = ImageData(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), labels, tuple("abcdefghij"))
     save_image_data(test, tmp_path / "test.npz")
-    cfg = {"source": "cifar10", "corruptions": {"source": "released"}}
+    settings = {"corruptions": {"source": "released"}}
     data_dir = tmp_path / "data"
+    runtime = Runtime(data_dir=str(data_dir))
     with pytest.raises(NoiseKDError, match="CIFAR-10-C file .*labels.npy is missing"):  # nothing fetched yet
-        pipeline.prepare_corruptions(cfg, str(data_dir), str(tmp_path / "test.npz"), str(tmp_path / "c.npy"))
+        pipeline.prepare_corruptions(settings, runtime, str(tmp_path / "test.npz"), str(tmp_path / "c.npy"))
     assert not (tmp_path / "c.npy").exists()
     import noisekd.sources.cifar10c as c10c
     monkeypatch.setattr(c10c, "CIFAR10C_URL", archive.as_uri())
     monkeypatch.setattr(c10c, "CIFAR10C_MD5", md5_of(archive))
-    pipeline.fetch_corruptions(cfg, str(data_dir), str(tmp_path / "fetched.json"))
+    pipeline.fetch_corruptions(runtime, str(tmp_path / "fetched.json"))
     assert json.loads((tmp_path / "fetched.json").read_text())["folder"] == str(data_dir / "cifar10c" / "CIFAR-10-C")
-    pipeline.prepare_corruptions(cfg, str(data_dir), str(tmp_path / "test.npz"), str(tmp_path / "c.npy"))
+    pipeline.prepare_corruptions(settings, runtime, str(tmp_path / "test.npz"), str(tmp_path / "c.npy"))
     stack = np.load(tmp_path / "c.npy")
     assert stack.shape == (19, 5, 4, 3, 32, 32)
     k = CORRUPTIONS.index("fog")
     assert np.array_equal(stack[k, 2], arrays["fog"][8:12].transpose(0, 3, 1, 2))
-    with pytest.raises(NoiseKDError, match="only for cifar10"):
-        pipeline.fetch_corruptions({"source": "svhn"}, str(data_dir), str(tmp_path / "f2.json"))
+
+    # Only CIFAR-10 has released corruptions: another dataset asking for them is refused at parse time.
+    from noisekd.config import load_config
+    from noisekd.plan import Plan
+
+    config = load_config("config.yaml")
+    config["datasets"]["svhn"]["corruptions"] = {"source": "released"}
+    with pytest.raises(NoiseKDError, match="datasets.svhn.corruptions.source: 'released' exists only for cifar10"):
+        Plan(config)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from noisekd import teacher_logits
-from noisekd.data import Augmentation, ImageData, augmentation_variants, crop_flip, draw_crop_flip
-from noisekd.io import NoiseKDError
+from noisekd.data import ImageData, crop_flip, draw_crop_flip
+from noisekd.settings import Augmentation, augmentation_variants
+from noisekd.errors import NoiseKDError
 from noisekd.methods import METHODS, MethodParams, get_method
 from noisekd.models import WRNSpec
 from noisekd.train import TrainConfig, build_model, fit, save_model
@@ -50,7 +51,7 @@ def test_crop_flip_draws_offsets_then_flips_and_matches_a_per_image_reference():
 
 def test_cacheable_methods_are_exactly_those_whose_teacher_gives_only_clean_logits():
     params = MethodParams(sigma=0.1, dropout=0.3, mc_rate=0.2, nt_sigma=0.5, nt_rate=0.5)
-    assert {name for name, m in METHODS.items() if teacher_logits.cacheable(m, params)} == CACHEABLE
+    assert {name for name, m in METHODS.items() if m.cacheable(params)} == CACHEABLE
 
 
 def test_table_holds_the_teachers_logits_of_each_augmented_image():

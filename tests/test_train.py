@@ -8,7 +8,7 @@ import torch
 import noisekd.data
 import noisekd.train
 from noisekd.data import Augmentation, ImageData
-from noisekd.io import NoiseKDError
+from noisekd.errors import NoiseKDError
 from noisekd.methods import MethodParams, get_method
 from noisekd.models import WRNSpec
 from noisekd.train import TrainConfig, TrainingInterrupted, build_model, fit, load_model, save_model

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from noisekd.config import check_config, load_config
-from noisekd.io import NoiseKDError
+from noisekd.errors import NoiseKDError
 from noisekd.plan import REPORTS, Plan, report_inputs, report_names
 
 ROOT = Path(__file__).resolve().parent.parent

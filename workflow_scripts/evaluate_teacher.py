@@ -1,10 +1,6 @@
 import this_checkout  # noqa: F401, I001 (first: noisekd from this checkout)
-from noisekd.pipeline import best_teacher, evaluate_model, run_step, teacher_identity
-from noisekd.plan import Plan
+from noisekd.pipeline import evaluate_teacher, run_step, runtime_of, settings_of
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-plan = Plan(s.config)
-identity, candidates = teacher_identity(plan, s.wildcards.dataset, s.wildcards.kind, s.input.best)
-model, _ = best_teacher(s.input.best, s.input.models)
-run_step(s, evaluate_model, plan=plan, identity=identity, model_path=model, inputs=dict(s.input.items()),
-         out_path=s.output[0], threads=s.threads, extra_rows=candidates)
+run_step(s, evaluate_teacher, settings=settings_of(s), dataset=s.wildcards.dataset, kind=s.wildcards.kind,
+         teacher_seed=s.params.teacher_seed, inputs=dict(s.input.items()), out_path=s.output[0], runtime=runtime_of(s))

@@ -1,5 +1,5 @@
 import this_checkout  # noqa: F401, I001 (first: noisekd from this checkout)
-from noisekd.pipeline import fetch_corruptions, run_step
+from noisekd.pipeline import fetch_corruptions, run_step, runtime_of
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-run_step(s, fetch_corruptions, dataset_config=s.params.dataset, data_dir=s.params.data_dir, out_path=s.output[0])
+run_step(s, fetch_corruptions, runtime=runtime_of(s), out_path=s.output[0])

@@ -1,6 +1,6 @@
 import this_checkout  # noqa: F401, I001 (first: noisekd from this checkout)
-from noisekd.pipeline import prepare_corruptions, run_step
+from noisekd.pipeline import prepare_corruptions, run_step, runtime_of, settings_of
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-run_step(s, prepare_corruptions, dataset_config=s.params.dataset, data_dir=s.params.data_dir,
-         test_path=s.input.test, out_path=s.output[0])
+run_step(s, prepare_corruptions, settings=settings_of(s), runtime=runtime_of(s), test_path=s.input.test,
+         out_path=s.output[0])

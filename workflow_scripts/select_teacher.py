@@ -2,4 +2,4 @@ import this_checkout  # noqa: F401, I001 (first: noisekd from this checkout)
 from noisekd.pipeline import run_step, select_teacher
 
 s = snakemake  # noqa: F821 (injected by Snakemake)
-run_step(s, select_teacher, summaries=list(s.input), by=s.params.by, out_path=s.output[0])
+run_step(s, select_teacher, summaries=list(s.input), out_path=s.output[0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from ..data import ImageData
-from ..io import NoiseKDError
+from ..errors import NoiseKDError
 from .cifar10 import CIFAR10_CLASSES, load_cifar10
 from .cifar10c import CIFAR10C_CORRUPTIONS, download_cifar10c, load_cifar10c
 from .cinic10 import download_cinic10, load_cinic_imagenet

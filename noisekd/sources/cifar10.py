@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..data import ImageData
-from ..io import NoiseKDError
+from ..errors import NoiseKDError
 from .download import check_md5
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..data import ImageData
-from ..io import NoiseKDError
+from ..errors import NoiseKDError
 from ..corruptions import CORRUPTIONS
 from .cifar10 import CIFAR10_CLASSES
 from .download import ensure_download, safe_extract_tar

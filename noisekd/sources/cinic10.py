@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ..data import ImageData
-from ..io import NoiseKDError
+from ..errors import NoiseKDError
 from .cifar10 import CIFAR10_CLASSES
 from .download import ensure_download, safe_extract_tar
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageData, stratified_split
-from ..io import NoiseKDError
+from ..errors import NoiseKDError
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 

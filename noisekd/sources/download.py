@@ -19,7 +19,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..io import NoiseKDError, atomic_path
+from ..errors import NoiseKDError
+from ..io import atomic_path
 
 _CHUNK = 1 << 20
 # tarfile's extraction filters (Python >= 3.11.4); without them only our own checks apply.

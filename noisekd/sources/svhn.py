@@ -16,7 +16,7 @@ import scipy.io
 import torch
 
 from ..data import ImageData
-from ..io import NoiseKDError
+from ..errors import NoiseKDError
 from .download import check_md5
 
 SVHN_CLASSES = tuple(str(d) for d in range(10))
