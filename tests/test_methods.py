@@ -1,5 +1,7 @@
 """Each method's behaviour, and the defects of public KD code pinned so they cannot appear here."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -187,3 +189,41 @@ def test_feature_mimicry_refuses_embeddings_of_different_width():
 def test_methods_that_need_a_teacher_refuse_to_run_without_one():
     with pytest.raises(NoiseKDError, match="needs a teacher"):
         _train("hinton", MethodParams(), None)
+
+
+# Each method at parameters it accepts, and another value of every parameter.
+VALID = MethodParams(sigma=0.1, dropout=0.3, mc_rate=0.2, nt_sigma=0.5, nt_rate=0.5)
+OTHER = {"alpha": 0.5, "tau": 2.0, "beta": 500.0, "gamma": 1500.0, "lambda_d": 10.0, "lambda_a": 20.0,
+         "lambda_fm": 2.0, "sigma": 0.2, "mc_rate": 0.6, "nt_sigma": 0.9, "nt_rate": 0.9, "clip_noisy_input": True}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_method_reads_exactly_the_parameters_that_change_its_loss(name):
+    """What `Method.reads` names (a student job's settings, so what a config edit reruns) is exactly what
+    changes the training loss of a step, by trying every other parameter value on the same step."""
+    method = get_method(name)
+    student, teacher = _nets(dropout=0.3 if method.fickle_teacher else 0.0)
+    if "fm" in method.terms(VALID):  # feature mimicry matches embeddings: a teacher of the student's width
+        teacher = build_model(WRNSpec(10, 1), 0)
+    set_teacher_mode(teacher, fickle=method.fickle_teacher)
+    data = _tiny_data(n=16)
+    x, y = data.images.float() / 255, data.labels
+
+    def loss(params: MethodParams) -> torch.Tensor:
+        torch.manual_seed(0)  # the Fickle teacher's own dropout masks (unarmed here) draw from the global RNG
+        with torch.no_grad():
+            value, _ = distillation_loss(method, params, student, teacher, x, y, 10, torch.Generator().manual_seed(0))
+        return value
+
+    reference = loss(VALID)
+    changes = {field for field, value in OTHER.items() if not torch.equal(loss(replace(VALID, **{field: value})),
+                                                                          reference)}
+    # dropout selects the teacher (kind p<dropout>, trained with it) rather than entering the loss.
+    assert changes | ({"dropout"} if method.fickle_teacher else set()) == set(method.reads(VALID))
+    assert method.settings(VALID) == {k: getattr(VALID, k) for k in method.reads(VALID)}
+
+
+def test_tau_is_read_only_while_the_kd_term_is_on():
+    assert "tau" in get_method("hinton").reads(MethodParams())
+    assert "tau" not in get_method("hinton").reads(MethodParams(alpha=0.0))  # KD weight 0: plain CE
+    assert get_method("baseline").reads(MethodParams()) == ()

@@ -184,32 +184,3 @@ def test_results_left_stale_by_mtime_only_reruns_are_refused(local_run, tmp_path
     print(line)
     assert re.search(r"students/digits/sr_s0\.1/seed0/eval\.parquet was computed with "
                      r"student\.method_params\.tau = 4\.0, but this config expects 2\.0", line)
-
-
-def test_the_plan_imports_no_torch():
-    import subprocess
-    import sys
-
-    code = ("import sys, noisekd.plan, noisekd.layout, noisekd.lineage, noisekd.selection; "
-            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-
-
-def test_the_settings_name_every_key_a_job_reads_and_no_speed_key():
-    """Every settings block of every job is plain JSON, and no speed-only or location key is in any."""
-    plan = Plan(load_config(ROOT / "config.yaml"))
-    banned = {"compile", "cuda_graphs", "teacher_stream", "checkpoint_every", "checkpoint_interval_s", "check_every",
-              "cache_teacher_logits", "results_dir", "data_dir", "device", "threads"}
-
-    def keys(obj):
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                yield k
-                yield from keys(v)
-        elif isinstance(obj, list):
-            for v in obj:
-                yield from keys(v)
-
-    for path, settings, _ in plan.all_result_files():
-        assert json.loads(json.dumps(settings)) == settings, path
-        assert not set(keys(settings)) & banned, path
