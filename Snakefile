@@ -10,7 +10,7 @@ from snakemake.utils import min_version, validate
 # Snakemake puts this folder first on the path, so this checkout's noisekd is imported here; the jobs
 # do the same through workflow_scripts/this_checkout.py.
 from noisekd.config import check_config
-from noisekd.plan import REPORTS, Plan, report_inputs, report_names
+from noisekd.plan import Plan, report_inputs, report_names, reports
 
 min_version("9.0")
 

@@ -45,11 +45,11 @@ def run_k(k: int, device: str, n: int, epochs: int, extra: list[str], role: str 
 
 
 def run_k_threads(k: int, device: str, n: int, epochs: int, settings: dict, role: str = "kd") -> dict:
-    """k runs in one process through `noisekd.train.run_side_by_side`, as the workflow trains the
+    """k runs in one process through `noisekd.execution.run_side_by_side`, as the workflow trains the
     seeds of a job: each in its own thread on its own CUDA stream (kernels of different streams of one
     process can run at the same time, unlike those of different processes; on a CPU, one after another)."""
     from benchmarks.train_step import synthetic_cifar, time_fit
-    from noisekd.train import run_side_by_side
+    from noisekd.execution import run_side_by_side
 
     if not device.startswith("cuda"):  # one after another there: the sum of their rates would mean nothing
         raise SystemExit("--mode threads needs a CUDA device (on a CPU, run_side_by_side runs one after another)")

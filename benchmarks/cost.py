@@ -43,10 +43,10 @@ import torch
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit
 from benchmarks.train_step import ROLES, inference_rate, synthetic_cifar, time_fit
 from noisekd.config import load_config
-from noisekd.settings import Augmentation, augmentation_variants
 from noisekd.methods import get_method
+from noisekd.objective import FEATURE_TERMS
 from noisekd.plan import Plan
-from noisekd.train import FEATURE_TERMS
+from noisekd.settings import Augmentation, augmentation_variants
 
 SIZES = {  # (train, test, ood) images of each real source
     "cifar10": (50_000, 10_000, 21_000),

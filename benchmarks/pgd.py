@@ -24,10 +24,13 @@ import time
 import torch
 
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit, sync
-from noisekd.attacks import PAPER_EPS, PAPER_RESTARTS, PAPER_STEP_SIZE, robust_accuracy
+from noisekd.attacks import robust_accuracy
+from noisekd.config import protocol_attack
+
+PAPER = protocol_attack()  # the protocol's eps, step size and restarts (config.yaml)
+from noisekd.checkpoints import inference_model
 from noisekd.evaluate import ATTACK_BATCH_SIZE
 from noisekd.models import wide_resnet
-from noisekd.train import inference_model
 
 STEPS = 20
 
@@ -37,7 +40,7 @@ def _timed(model, x, y, device, batch_size, early_stop, seed):
     sync(device)
     t0 = time.perf_counter()
     result = robust_accuracy(
-        model, x, y, PAPER_EPS, PAPER_STEP_SIZE, STEPS, PAPER_RESTARTS, g, batch_size, early_stop=early_stop
+        model, x, y, PAPER.eps, PAPER.step_size, STEPS, PAPER.restarts, g, batch_size, early_stop=early_stop
     )
     sync(device)
     return time.perf_counter() - t0, result
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         y = model(x).argmax(1)
 
     # Warm-up (allocator, kernels) on a couple of images.
-    robust_accuracy(model, x[:2], y[:2], PAPER_EPS, PAPER_STEP_SIZE, 2, 2, None, batch_size)
+    robust_accuracy(model, x[:2], y[:2], PAPER.eps, PAPER.step_size, 2, 2, None, batch_size)
 
     full_times, es_times = [], []
     for _ in range(max(1, args.repeats)):
@@ -88,10 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
         **context(device),
         "model": "WRN-16-2",
         "input": [3, 32, 32],
-        "eps": PAPER_EPS,
-        "step_size": PAPER_STEP_SIZE,
+        "eps": PAPER.eps,
+        "step_size": PAPER.step_size,
         "steps": STEPS,
-        "restarts": PAPER_RESTARTS,
+        "restarts": PAPER.restarts,
         "n": n,
         "batch_size": batch_size,
         "inference_model": not args.plain_model,

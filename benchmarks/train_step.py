@@ -44,10 +44,11 @@ import torch.nn.functional as F
 from benchmarks.common import DEFAULT_OUT_DIR, context, emit, sync
 from noisekd import teacher_logits
 from noisekd.data import ImageData
-from noisekd.settings import Augmentation, augmentation_variants
+from noisekd.execution import resolve_numerics, resolve_precision
 from noisekd.methods import MethodParams, get_method
-from noisekd.models import WRNSpec
-from noisekd.train import TrainConfig, build_model, fit, resolve_numerics, resolve_precision
+from noisekd.models import WRNSpec, build_model
+from noisekd.settings import Augmentation, TrainConfig, augmentation_variants
+from noisekd.train import fit
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -231,8 +232,8 @@ def matmul_peak_tflops(device: torch.device, n: int = 8192) -> float | None:
 
 def inference_rate(data: ImageData, device: torch.device, batch_size: int = 1000) -> float:
     """images/s of the evaluation forward (student, inference copy, fp32) over the data, after a warm-up."""
+    from noisekd.checkpoints import inference_model
     from noisekd.evaluate import predict
-    from noisekd.train import inference_model
 
     model = inference_model(build_model(_spec(STUDENT), 0).to(device))
     images = data.images.to(device)

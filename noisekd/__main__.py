@@ -17,27 +17,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attacks import PAPER_EPS, PAPER_RESTARTS, PAPER_STEP_SIZE
+from .checkpoints import inference_model, load_model
+from .config import protocol_attack
 from .data import ImageData
-from .evaluate import ATTACK_BATCH_SIZE, AttackSetting, accuracy, attack_rows, corruption_rows, finish_rows, write_rows
 from .errors import NoiseKDError
+from .evaluate import ATTACK_BATCH_SIZE, attack_rows, evaluation_rows, finish_rows, headline, write_rows
+from .execution import resolve_device
 from .io import load_torch
 from .provenance import provenance
-from .train import inference_model, load_model, resolve_device
+from .settings import AttackSetting
 
 log = logging.getLogger("noisekd")
 
 
 def generated_corruptions(test: ImageData, seed: int):
     """All 19 x 5 corrupted copies of `test`, generated one cell at a time (bounded memory)."""
-    from .corruptions import CORRUPTIONS, corrupt
+    from .corruptions import corrupt_all
 
     nhwc = test.images.permute(0, 2, 3, 1).cpu().numpy()
-    for i, name in enumerate(CORRUPTIONS):
-        for s in range(1, 6):
-            out = corrupt(nhwc, name, s, seed=seed * 100 + i * 5 + s)
-            yield name, s, ImageData(torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2))),
-                                     test.labels, test.classes)
+    for _, name, severity, out in corrupt_all(nhwc, seed):
+        yield name, severity, ImageData(torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2))),
+                                        test.labels, test.classes)
 
 
 def released_corruptions(test: ImageData, root: Path):
@@ -49,7 +49,7 @@ def released_corruptions(test: ImageData, root: Path):
 
 
 def evaluation_sets(args, size: int):
-    from .sources import load_cinic_imagenet, load_cifar10, load_digits, load_svhn, render_printed_digits
+    from .sources import load_cifar10, load_cinic_imagenet, load_digits, load_svhn, render_printed_digits
 
     root = Path(args.data_dir)
     if args.dataset == "digits":
@@ -86,14 +86,8 @@ def evaluate_command(args) -> None:
                            f"the {args.dataset} test set here is {test.images.shape[-2]}x{test.images.shape[-1]}"
                            + (" (--size)" if args.dataset == "digits" else ""))
     test, ood = test.to(device), (ood.to(device) if ood is not None else None)
-    rows = [{"metric": "test_acc", "value": accuracy(model, test)}]
-    if ood is not None:
-        rows.append({"metric": "ood_acc", "value": accuracy(model, ood)})
-    if corrupted is not None:
-        rows += corruption_rows(model, test, corrupted)
-    for r in rows:
-        if r["metric"] in ("test_acc", "ood_acc", "mca", "mca_cond"):
-            log.info(f"{r['metric']}: {100 * r['value']:.2f}%")
+    rows = evaluation_rows(model, test, ood, corrupted)
+    log.info(headline(rows))
     settings = [AttackSetting(n, args.eps, args.step_size, args.restarts) for n in args.pgd_steps]
     rows += attack_rows(model, test, settings, seed=args.seed, batch_size=args.attack_batch_size, log=log.info)
     run = summary.get("run", {})
@@ -121,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--ood-per-class", type=int, default=60, help="printed digits / CINIC images per class")
     ev.add_argument("--no-ood", action="store_true")
     ev.add_argument("--corruptions", choices=("generate", "released", "none"), default="generate")
-    ev.add_argument("--pgd-steps", type=int, nargs="*", default=[20], help="PGD step counts (none: no attack)")
-    ev.add_argument("--eps", type=float, default=PAPER_EPS)
-    ev.add_argument("--step-size", type=float, default=PAPER_STEP_SIZE)
-    ev.add_argument("--restarts", type=int, default=PAPER_RESTARTS)
+    paper = protocol_attack()  # defaults: the protocol's, config.yaml's evaluation.pgd
+    ev.add_argument("--pgd-steps", type=int, nargs="*", default=[paper.steps], help="PGD step counts (none: no attack)")
+    ev.add_argument("--eps", type=float, default=paper.eps)
+    ev.add_argument("--step-size", type=float, default=paper.step_size)
+    ev.add_argument("--restarts", type=int, default=paper.restarts)
     ev.add_argument("--attack-batch-size", type=int, default=ATTACK_BATCH_SIZE,
                     help="(sample, restart) rows per PGD pass")
     ev.add_argument("--seed", type=int, default=0, help="seed of corruptions and attack restarts")

@@ -7,8 +7,12 @@ from pathlib import Path
 import yaml
 
 from .errors import NoiseKDError
+from .methods import FEATURE_METHODS, METHODS
+from .settings import AttackSetting
 
-SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+PROTOCOL = ROOT / "config.yaml"  # the paper's protocol: the one place its settings are written
 
 
 def _key(path) -> str:
@@ -19,10 +23,13 @@ def _key(path) -> str:
 
 
 def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
-    """Raise NoiseKDError naming the first offending key (the most specific schema error)."""
+    """Raise NoiseKDError naming the first offending key (the most specific schema error).  Method
+    names are checked against the registry (`noisekd.methods`), which the schema leaves open."""
     import jsonschema
 
     schema = yaml.safe_load(Path(schema_path).read_text())
+    schema["$defs"]["method"] = {"enum": list(METHODS)}
+    schema["$defs"]["feature_method"] = {"enum": list(FEATURE_METHODS)}
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
@@ -46,3 +53,9 @@ def load_config(*paths: str | Path) -> dict:
     for p in paths:
         config = deep_merge(config, yaml.safe_load(Path(p).read_text()) or {})
     return config
+
+
+def protocol_attack() -> AttackSetting:
+    """The paper's main PGD evaluation (Figure 2, Table S1) as config.yaml states it."""
+    pgd = load_config(PROTOCOL)["evaluation"]["pgd"]
+    return AttackSetting(pgd["steps"], pgd["eps_255"] / 255, pgd["step_size"], pgd["restarts"])

@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -196,6 +196,15 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int | np.random.
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+
+def corrupt_all(images: np.ndarray, seed: int) -> Iterator[tuple[int, str, int, np.ndarray]]:
+    """(index in CORRUPTIONS, name, severity, corrupted images) of every corruption at severities 1..5,
+    one at a time (bounded memory); each cell draws from its own seed, derived from `seed`."""
+    for i, name in enumerate(CORRUPTIONS):
+        for severity in range(1, 6):
+            yield i, name, severity, corrupt(images, name, severity, seed=seed * 100 + i * 5 + severity)
 
 
 def _scale(h: int, w: int) -> float:

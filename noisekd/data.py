@@ -193,34 +193,6 @@ class DeviceSampler:
 # Label noise
 
 
-def corrupt_labels(labels: torch.Tensor, rate: float, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Static label corruption (Messy Collaboration experiments, Fig. 4/5 of the paper).
-
-    A seeded fraction `rate` of the samples (exactly round(rate * N), chosen without replacement)
-    get a label drawn uniformly from all `num_classes` classes, so the draw may repeat the true class
-    (Zhang et al. 2017's convention; the paper does not say): about rate * (1 - 1/K) of the labels end
-    up wrong.  Returns (new labels, sorted indices of the re-drawn samples).
-    """
-    if not 0.0 <= rate <= 1.0:
-        raise NoiseKDError(f"label corruption rate must be in [0, 1], got {rate}")
-    g = torch.Generator().manual_seed(int(seed))
-    n = labels.shape[0]
-    chosen = torch.randperm(n, generator=g)[: round(rate * n)]
-    new = labels.clone().cpu()
-    new[chosen] = torch.randint(0, num_classes, (len(chosen),), generator=g)
-    return new.to(labels.device), chosen.sort().values
-
-
-def random_relabel(
-    labels: torch.Tensor, rate: float, num_classes: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Per-batch target variability (Messy Collaboration): each label is replaced with probability
-    `rate` by a class drawn uniformly over all `num_classes` classes (0 .. num_classes-1 inclusive)."""
-    replace = torch.rand(labels.shape, device=labels.device, generator=generator) < rate
-    random = torch.randint(0, num_classes, labels.shape, device=labels.device, generator=generator)
-    return torch.where(replace, random, labels)
-
-
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded per-class split: (kept indices, held-out indices), held out ~fraction of each class."""
     g = torch.Generator().manual_seed(int(seed))

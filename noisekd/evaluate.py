@@ -94,6 +94,23 @@ def corruption_rows(
     return rows
 
 
+def evaluation_rows(model: torch.nn.Module, test: ImageData, ood: ImageData | None = None,
+                    corrupted: Iterable[tuple[str, int, ImageData]] | None = None, batch_size: int = 1024) -> list[dict]:
+    """Clean accuracy, out-of-distribution accuracy and the corruption cells (with mCA) of one model."""
+    rows = [{"metric": "test_acc", "value": accuracy(model, test, batch_size)}]
+    if ood is not None:
+        rows.append({"metric": "ood_acc", "value": accuracy(model, ood, batch_size)})
+    if corrupted is not None:
+        rows += corruption_rows(model, test, corrupted, batch_size)
+    return rows
+
+
+def headline(rows: list[dict]) -> str:
+    """The headline metrics of result rows, for a log line: test, OOD, mCA (plain and conditional)."""
+    return "  ".join(f"{r['metric']} {100 * r['value']:.2f}%" for r in rows
+                     if r["metric"] in ("test_acc", "ood_acc", "mca", "mca_cond"))
+
+
 def attack_rows(
     model: torch.nn.Module,
     data: ImageData,

@@ -16,8 +16,6 @@ import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
 from .errors import NoiseKDError
 
 
@@ -63,13 +61,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def save_torch_atomic(path: str | os.PathLike, obj: Any) -> None:
+    import torch  # here, not above: the atomic writers serve the torch-free planning and reports too
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+def load_torch(path: str | os.PathLike, map_location="cpu") -> Any:
     """torch.load with weights_only=True; any failure becomes one line naming the file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise NoiseKDError(f"checkpoint {path} does not exist")

@@ -90,7 +90,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from .errors import NoiseKDError  # noqa: E402
 from .linear_study_config import FACTORS, StudyConfig  # noqa: E402
-from .report import Column, Row, Table, TableCell, write_figure, write_table  # noqa: E402
+from .noise import noisy_input  # noqa: E402
+from .tables import Column, Row, Table, TableCell, write_figure, write_table  # noqa: E402
 
 __all__ = [
     "FACTORS", "METHODS", "StudyConfig", "Problem", "make_problem", "student_loss", "student_gradients",
@@ -135,7 +136,7 @@ class Problem:
 
     def noisy(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x, y = self.clean(rng, n)
-        return x, y, x + self.sigma * rng.standard_normal(x.shape)
+        return x, y, noisy_input(x, self.sigma, rng)  # the same input noise as the students' (Eq. 2)
 
 
 def make_problem(config: StudyConfig, seed: int) -> Problem:
@@ -471,7 +472,7 @@ class _Text(TableCell):
 
 
 class StudyTable(Table):
-    """`noisekd.report.Table` whose CSV holds the raw numbers (MSE, not percent) under snake_case names:
+    """`noisekd.tables.Table` whose CSV holds the raw numbers (MSE, not percent) under snake_case names:
     factor, setting, then each column's fields (teacher_clean_mse_mean/std, baseline_mse_mean/std,
     st_mse_mean/std, effect_mean/std (baseline - ST), effect_relative (fraction of the baseline mean),
     st_wins, n_seeds, verdict, baseline/st_train_loss, baseline/st_stop_step)."""

@@ -34,7 +34,7 @@ class MethodParams:
     gamma: float = 3000.0  # similarity preserving (Tung & Mori)
     lambda_d: float = 25.0  # RKD distance (Park et al.)
     lambda_a: float = 50.0  # RKD angle
-    lambda_fm: float = 1.0  # clean->noisy feature mimicry (Hong et al.); not given in the seeds
+    lambda_fm: float = 1.0  # clean->noisy feature mimicry (Hong et al.); not given in the papers
     sigma: float = 0.0  # std of Gaussian input noise (GA, SR, feature mimicry), pixel scale [0, 1]
     dropout: float = 0.0  # teacher dropout rate (Fickle Teacher), selects the dropout teacher
     mc_rate: float = 0.0  # per-batch label re-draw probability r (Messy Collaboration)
@@ -67,10 +67,22 @@ class MethodParams:
 
 Weights = Callable[[MethodParams], dict[str, float]]
 
-# Loss terms that read a method parameter themselves, beyond their weight (see noisekd.train.TERMS).
+# The loss terms a method's weights may name (computed by noisekd.objective.TERMS): what each needs of
+# the teacher (nothing, its logits, or its features), and the parameters it reads beyond its weight.
+TERM_NEEDS: dict[str, str | None] = {"ce": None, "kd": "logits", "logit_l2": "logits", "at": "features",
+                                     "sp": "features", "rkd_d": "features", "rkd_a": "features", "fm": "features"}
 TERM_PARAMS: dict[str, tuple[str, ...]] = {"kd": ("tau",)}
 # Loss terms that a teacher's logits alone serve: a logits table can then stand in for the teacher.
-LOGIT_TERMS = frozenset({"ce", "kd", "logit_l2"})
+LOGIT_TERMS = frozenset(t for t, need in TERM_NEEDS.items() if need != "features")
+
+# A cell is named by its method and the parameters that distinguish it (e.g. `sr_s0.05`, `ft_p0.3`),
+# and labelled in tables as the paper does (`SR σ=0.05`, `FT-0.3`).
+PARAM_SHORT = {"sigma": "s", "dropout": "p", "mc_rate": "r", "nt_sigma": "ns", "nt_rate": "nr"}
+
+
+def format_number(x: float) -> str:
+    """A parameter value in names and labels: 0.05 -> '0.05', 4.0 -> '4'."""
+    return f"{float(x):g}"
 
 
 class _Reads:
@@ -87,8 +99,9 @@ class _Reads:
 @dataclass(frozen=True)
 class Method:
     name: str
+    label: str  # as tables show it, e.g. "Hinton", "AT+FT", "Noisy Teacher (L2)"
     description: str
-    weights: Weights  # loss term name -> weight, see noisekd.train.TERMS
+    weights: Weights  # loss term name -> weight, see TERM_NEEDS and noisekd.objective.TERMS
     student_input: Literal["clean", "gaussian"] = "clean"
     teacher: bool = False  # needs a teacher at all
     fickle_teacher: bool = False  # teacher trained with dropout `dropout`, dropout kept active
@@ -122,6 +135,28 @@ class Method:
         """The values of `reads(params)`: a student job's `method_params` settings."""
         return {name: getattr(params, name) for name in self.reads(params)}
 
+    def cell_name(self, params: dict, label_corruption: float = 0.0) -> str:
+        """A cell's name: the method, the parameters that distinguish it, the label corruption."""
+        parts = [self.name] + [f"{PARAM_SHORT[k]}{format_number(params[k])}" for k in self.paper_params]
+        if label_corruption > 0:
+            parts.append(f"lc{format_number(label_corruption)}")
+        return "_".join(parts)
+
+    def cell_label(self, params: dict, label_corruption: float = 0.0) -> str:
+        """A cell's label in tables, e.g. `FT-0.3`, `SR σ=0.05`, `MC r=0.2 (30% noisy labels)`."""
+        label = self.label
+        if "dropout" in params:
+            label += f"-{format_number(params['dropout'])}"  # the paper's FT-x
+        if "sigma" in params:
+            label += f" σ={format_number(params['sigma'])}"
+        if "mc_rate" in params:
+            label += f" r={format_number(params['mc_rate'])}"
+        if "nt_sigma" in params or "nt_rate" in params:
+            label += f", σ={format_number(params.get('nt_sigma', 0))}, rate {format_number(params.get('nt_rate', 0))}"
+        if label_corruption > 0:
+            label += f" ({format_number(100 * label_corruption)}% noisy labels)"
+        return label
+
     def cacheable(self, params: MethodParams) -> bool:
         """Whether the teacher contributes only logits of the clean image and is deterministic, so a
         table of its logits (`noisekd.teacher_logits`) can stand in for it."""
@@ -151,15 +186,13 @@ def _hinton(p: MethodParams) -> dict[str, float]:
 # The feature-based methods, each added to CE alone (as published), to Hinton (+H) or to Fickle
 # Teacher (+FT) as in Table 2.  AT's weight is beta/2: Zagoruyko & Komodakis' Eq. 2 and their code
 # multiply the summed attention loss by beta/2 with beta = 1000.
-FEATURE_TERMS: dict[str, tuple[str, Weights]] = {
-    "at": ("Attention transfer (Zagoruyko & Komodakis)", lambda p: {"at": p.beta / 2}),
-    "sp": ("Similarity preserving (Tung & Mori)", lambda p: {"sp": p.gamma}),
-    "rkd_d": ("Relational KD, distance (Park et al.)", lambda p: {"rkd_d": p.lambda_d}),
-    "rkd_a": ("Relational KD, angle (Park et al.)", lambda p: {"rkd_a": p.lambda_a}),
-    "rkd_da": (
-        "Relational KD, distance and angle (Park et al.)",
-        lambda p: {"rkd_d": p.lambda_d, "rkd_a": p.lambda_a},
-    ),
+FEATURE_METHODS: dict[str, tuple[str, str, Weights]] = {
+    "at": ("AT", "Attention transfer (Zagoruyko & Komodakis)", lambda p: {"at": p.beta / 2}),
+    "sp": ("SP", "Similarity preserving (Tung & Mori)", lambda p: {"sp": p.gamma}),
+    "rkd_d": ("RKD-D", "Relational KD, distance (Park et al.)", lambda p: {"rkd_d": p.lambda_d}),
+    "rkd_a": ("RKD-A", "Relational KD, angle (Park et al.)", lambda p: {"rkd_a": p.lambda_a}),
+    "rkd_da": ("RKD-DA", "Relational KD, distance and angle (Park et al.)",
+               lambda p: {"rkd_d": p.lambda_d, "rkd_a": p.lambda_a}),
 }
 
 
@@ -173,36 +206,17 @@ def _combine(*parts: Weights) -> Weights:
     return weights
 
 
-def _build_registry() -> dict[str, Method]:
-    methods = [
-        Method("baseline", "Student trained alone with cross-entropy", _ce),
-        Method("ga", "Gaussian augmentation: CE on x + N(0, sigma^2), no teacher", _ce,
-               student_input="gaussian", paper_params=("sigma",)),
-        Method("hinton", "Hinton et al. knowledge distillation (Eq. 1)", _hinton, teacher=True),
-        Method("ft", "Fickle Teacher: Hinton KD from a dropout teacher whose dropout stays active",
-               _hinton, teacher=True, fickle_teacher=True, paper_params=("dropout",)),
-        Method("sr", "Soft Randomization: student on x + N(0, sigma^2), teacher on clean x (Eq. 2)",
-               _hinton, student_input="gaussian", teacher=True, paper_params=("sigma",)),
-        Method("mc", "Messy Collaboration: Hinton KD with targets re-drawn per batch with rate r",
-               _hinton, teacher=True, relabel=True, paper_params=("mc_rate",)),
-        Method("noisy_teacher", "Sau & Balasubramanian: L2 logit regression on z * (1 + xi)",
-               lambda p: {"logit_l2": 1.0}, teacher=True, perturb_teacher_logits=True,
-               paper_params=("nt_sigma", "nt_rate")),
-        Method("noisy_teacher_kl", "Noisy Teacher with Hinton's KL objective instead of the L2 loss",
-               _hinton, teacher=True, perturb_teacher_logits=True, paper_params=("nt_sigma", "nt_rate")),
-        Method("feature_mimicry", "Hong et al.: CE on noisy input + MSE(student(x + n), teacher(x)) features",
-               lambda p: {"ce": 1.0, "fm": p.lambda_fm}, student_input="gaussian", teacher=True,
-               paper_params=("sigma",)),
-    ]
-    for key, (desc, extra) in FEATURE_TERMS.items():
-        methods.append(Method(key, desc, _combine(_ce, extra), teacher=True))
-        methods.append(Method(f"{key}+hinton", f"{desc} + Hinton KD", _combine(_hinton, extra), teacher=True))
-        methods.append(Method(f"{key}+ft", f"{desc} + Fickle Teacher", _combine(_hinton, extra), teacher=True,
-                              fickle_teacher=True, paper_params=("dropout",)))
-    return {m.name: m for m in methods}
+METHODS: dict[str, Method] = {}
 
 
-METHODS: dict[str, Method] = _build_registry()
+def register(method: Method) -> Method:
+    """Add a method to the registry: the workflow, the config check and the tables then know it."""
+    unknown = set(method.weights(MethodParams())) - set(TERM_NEEDS)
+    if unknown:
+        raise NoiseKDError(f"method {method.name} names unknown loss terms {sorted(unknown)}; known: "
+                           f"{sorted(TERM_NEEDS)}")
+    METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> Method:
@@ -211,3 +225,28 @@ def get_method(name: str) -> Method:
     except KeyError:
         raise NoiseKDError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}") from None
 
+
+register(Method("baseline", "Baseline", "Student trained alone with cross-entropy", _ce))
+register(Method("ga", "GA", "Gaussian augmentation: CE on x + N(0, sigma^2), no teacher", _ce,
+                student_input="gaussian", paper_params=("sigma",)))
+register(Method("hinton", "Hinton", "Hinton et al. knowledge distillation (Eq. 1)", _hinton, teacher=True))
+register(Method("ft", "FT", "Fickle Teacher: Hinton KD from a dropout teacher whose dropout stays active",
+                _hinton, teacher=True, fickle_teacher=True, paper_params=("dropout",)))
+register(Method("sr", "SR", "Soft Randomization: student on x + N(0, sigma^2), teacher on clean x (Eq. 2)",
+                _hinton, student_input="gaussian", teacher=True, paper_params=("sigma",)))
+register(Method("mc", "MC", "Messy Collaboration: Hinton KD with targets re-drawn per batch with rate r",
+                _hinton, teacher=True, relabel=True, paper_params=("mc_rate",)))
+register(Method("noisy_teacher", "Noisy Teacher (L2)", "Sau & Balasubramanian: L2 logit regression on z * (1 + xi)",
+                lambda p: {"logit_l2": 1.0}, teacher=True, perturb_teacher_logits=True,
+                paper_params=("nt_sigma", "nt_rate")))
+register(Method("noisy_teacher_kl", "Noisy Teacher (KL)", "Noisy Teacher with Hinton's KL objective instead of the L2 loss",
+                _hinton, teacher=True, perturb_teacher_logits=True, paper_params=("nt_sigma", "nt_rate")))
+register(Method("feature_mimicry", "Feature mimicry",
+                "Hong et al.: CE on noisy input + MSE(student(x + n), teacher(x)) features",
+                lambda p: {"ce": 1.0, "fm": p.lambda_fm}, student_input="gaussian", teacher=True,
+                paper_params=("sigma",)))
+for _key, (_label, _desc, _extra) in FEATURE_METHODS.items():
+    register(Method(_key, _label, _desc, _combine(_ce, _extra), teacher=True))
+    register(Method(f"{_key}+hinton", f"{_label}+H", f"{_desc} + Hinton KD", _combine(_hinton, _extra), teacher=True))
+    register(Method(f"{_key}+ft", f"{_label}+FT", f"{_desc} + Fickle Teacher", _combine(_hinton, _extra), teacher=True,
+                    fickle_teacher=True, paper_params=("dropout",)))

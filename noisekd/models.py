@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .noise import dropout_keep
 from .settings import WRNSpec
 
 
@@ -59,7 +61,7 @@ class SeededDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         if self.keep is None:
-            keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=self.generator)
+            keep = dropout_keep(torch.empty_like(x), self.p, self.generator)
         else:
             keep = self.keep[: x.shape[0]]  # drawn for the full batch; a last, smaller batch uses a prefix
         return x * keep / (1.0 - self.p)
@@ -172,7 +174,7 @@ class WideResNet(nn.Module):
             view = flat[offset : offset + b * c * h * w]
             layer.keep = view.view(b, h, w, c).permute(0, 3, 1, 2) if channels_last else view.view(b, c, h, w)
             offset += b * c * h * w
-        self.dropout_generator, self.dropout_keep_p = generator, 1.0 - layers[0].p
+        self.dropout_generator, self.dropout_p = generator, layers[0].p
 
     def stop_drawing_dropout_ahead(self) -> None:
         for layer in self.dropout_modules():
@@ -183,7 +185,7 @@ class WideResNet(nn.Module):
         """Draw the masks of the next forward, all in one call; nothing unless armed and training."""
         keep = getattr(self, "dropout_keep", None)
         if keep is not None and any(layer.training for layer in self.dropout_modules()):
-            keep.bernoulli_(self.dropout_keep_p, generator=self.dropout_generator)
+            dropout_keep(keep, self.dropout_p, self.dropout_generator)
 
     def train(self, mode: bool = True) -> "WideResNet":
         if mode and getattr(self, "inference_only", False):
@@ -246,3 +248,15 @@ def wide_resnet(
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# Module initialisation draws from the global CPU generator; seeds trained side by side in threads
+# build their models at the same time, so seeding and drawing must not interleave.
+_INIT_LOCK = threading.Lock()
+
+
+def build_model(spec: WRNSpec, seed: int) -> WideResNet:
+    """Initialise on the CPU from `seed` without touching the caller's global RNG state."""
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WideResNet(spec)

@@ -22,16 +22,28 @@ import numpy as np
 import torch
 
 from . import lineage, selection, teacher_logits
-from .data import ImageData, corrupt_labels, load_image_data, save_image_data, stratified_split
+from .checkpoints import inference_model, load_model, model_summary, save_model
+from .data import ImageData, load_image_data, save_image_data, stratified_split
 from .errors import NoiseKDError
-from .evaluate import accuracy, attack_rows, corruption_rows, finish_rows, load_corrupted_stack, read_rows_settings, write_rows
+from .evaluate import (
+    accuracy,
+    attack_rows,
+    evaluation_rows,
+    finish_rows,
+    headline,
+    load_corrupted_stack,
+    read_rows_settings,
+    write_rows,
+)
+from .execution import TrainingInterrupted, resolve_device, resolve_numerics, run_side_by_side
 from .io import atomic_path, write_json_atomic
 from .layout import CHECKPOINT, Layout
 from .methods import MethodParams, get_method
+from .models import build_model
+from .noise import corrupt_labels
 from .provenance import provenance
-from .settings import Augmentation, AttackSetting, Runtime, TrainConfig, WRNSpec
-from .train import (TrainingInterrupted, build_model, fit, inference_model, load_model, model_summary,
-                    resolve_device, resolve_numerics, run_side_by_side, save_model)
+from .settings import AttackSetting, Augmentation, Runtime, TrainConfig, WRNSpec
+from .train import fit
 
 log = logging.getLogger("noisekd")
 
@@ -91,7 +103,7 @@ def fetch_corruptions(runtime: Runtime, out_path: str) -> None:
 def prepare_corruptions(settings: dict, runtime: Runtime, test_path: str, out_path: str) -> None:
     """A (19, 5, N, C, H, W) uint8 stack in the test set's order: the released CIFAR-10-C, or the
     corruptions regenerated with `noisekd.corruptions` (any dataset)."""
-    from .corruptions import CORRUPTIONS, corrupt
+    from .corruptions import CORRUPTIONS, corrupt_all
 
     spec = settings["corruptions"]
     test = load_image_data(test_path)
@@ -111,12 +123,12 @@ def prepare_corruptions(settings: dict, runtime: Runtime, test_path: str, out_pa
             nhwc = test.images.permute(0, 2, 3, 1).numpy()
             if c == 1:
                 nhwc = np.repeat(nhwc, 3, axis=3)
-            for i, name in enumerate(CORRUPTIONS):
-                t0 = time.perf_counter()
-                for s in range(1, 6):
-                    out = corrupt(nhwc, name, s, seed=spec["seed"] * 100 + i * 5 + s)
-                    stack[i, s - 1] = np.ascontiguousarray(out.transpose(0, 3, 1, 2)[:, :c])
-                log.info(f"{name}: 5 severities x {n} images in {time.perf_counter() - t0:.1f}s")
+            t0 = time.perf_counter()
+            for i, name, severity, out in corrupt_all(nhwc, spec["seed"]):
+                stack[i, severity - 1] = np.ascontiguousarray(out.transpose(0, 3, 1, 2)[:, :c])
+                if severity == 5:
+                    log.info(f"{name}: 5 severities x {n} images in {time.perf_counter() - t0:.1f}s")
+                    t0 = time.perf_counter()
         stack.flush()
         del stack
 
@@ -184,22 +196,12 @@ def _training_set(settings: dict, inputs: dict, runtime: Runtime):
 def train_teachers(settings: dict, seeds: list[int], inputs: dict, outs: list[dict], runtime: Runtime,
                    name: dict | None = None) -> None:
     """Every seed of one teacher kind, side by side on one GPU (one after another on a CPU); `name`
-    (dataset, kind) goes into the run summaries."""
+    (dataset, kind) goes into the run summaries, with each seed's accuracy on the held-out splits."""
     device, train = _training_set(settings, inputs, runtime)
-    block = settings["teacher"]
-    spec, aug = _network(block, train), Augmentation(**block["augmentation"])
     held_out = {split: load_image_data(inputs[split]).to(device) for split in ("val", "test")}
-
-    def run(seed: int, out: dict) -> None:
-        run_settings = {**settings, "seed": seed}
-        result = _fit(build_model(spec, seed), train, TrainConfig.from_settings(block["train"], runtime.speed, seed),
-                      get_method("baseline"), MethodParams(), None, aug, out, device, seed, len(seeds),
-                      run_info={**(name or {}), "role": "teacher", "seed": seed,
-                                "label_corruption": train.meta.get("label_corruption")})
-        held = {f"{split}_acc": accuracy(result.model, data) for split, data in held_out.items() if len(data)}
-        _finish_run(result, out, extra={**held, "settings": run_settings})
-
-    _train_side_by_side(run, seeds, outs, device)
+    _train_seeds("teacher", settings, seeds, train, outs, device, runtime, get_method("baseline"), MethodParams(),
+                 run_info=name or {}, finish=lambda model: {f"{split}_acc": accuracy(model, data)
+                                                            for split, data in held_out.items() if len(data)})
 
 
 def train_students(settings: dict, seeds: list[int], inputs: dict, outs: list[dict], runtime: Runtime,
@@ -210,24 +212,34 @@ def train_students(settings: dict, seeds: list[int], inputs: dict, outs: list[di
     The teacher is `inputs["teacher"]`: the selected teacher's model (its seed is `teacher_seed`) or,
     for methods whose teacher gives only logits, its logits table (which records its seed)."""
     device, train = _training_set(settings, inputs, runtime)
-    block = settings["student"]
-    method = get_method(block["method"])
-    params = MethodParams.from_dict(block["method_params"])
-    aug = Augmentation(**block["augmentation"])
+    method = get_method(settings["student"]["method"])
+    params = MethodParams.from_dict(settings["student"]["method_params"])
     teacher, cached = None, None
     if method.teacher:
+        aug = Augmentation(**settings["student"]["augmentation"])
         teacher, cached, teacher_seed = _load_teacher(settings, inputs.get("teacher"), teacher_seed, train, aug,
                                                       runtime, device)
-    spec = _network(block, train)
+    _train_seeds("student", settings, seeds, train, outs, device, runtime, method, params, teacher, cached,
+                 run_info={**(name or {}), "teacher_seed": teacher_seed},
+                 finish=lambda model: {"teacher_seed": teacher_seed})
+
+
+def _train_seeds(role: str, settings: dict, seeds: list[int], train: ImageData, outs: list[dict], device,
+                 runtime: Runtime, method, params, teacher=None, cached=None, run_info: dict | None = None,
+                 finish=lambda model: {}) -> None:
+    """Train every seed of a job from its settings' `role` block ("teacher" or "student"), side by side;
+    `finish(model)` adds to each run's summary."""
+    block = settings[role]
+    spec, aug = _network(block, train), Augmentation(**block["augmentation"])
 
     def run(seed: int, out: dict) -> None:
         # fit trains an inference copy of the teacher, so the runs can share the loaded one
         result = _fit(build_model(spec, seed), train, TrainConfig.from_settings(block["train"], runtime.speed, seed),
                       method, params, teacher, aug, out, device, seed, len(seeds),
-                      run_info={**(name or {}), "role": "student", "seed": seed, "teacher_seed": teacher_seed,
+                      run_info={**(run_info or {}), "role": role, "seed": seed,
                                 "label_corruption": train.meta.get("label_corruption")},
                       teacher_logits=cached)
-        _finish_run(result, out, extra={"teacher_seed": teacher_seed, "settings": {**settings, "seed": seed}})
+        _finish_run(result, out, extra={**finish(result.model), "settings": {**settings, "seed": seed}})
 
     _train_side_by_side(run, seeds, outs, device)
 
@@ -350,13 +362,6 @@ def _eval_data(inputs: dict, device):
     return test, ood
 
 
-def _clean_and_ood_rows(model, test, ood, batch_size) -> list[dict]:
-    rows = [{"metric": "test_acc", "value": accuracy(model, test, batch_size)}]
-    if ood is not None:
-        rows.append({"metric": "ood_acc", "value": accuracy(model, ood, batch_size)})
-    return rows
-
-
 def evaluate_model(settings: dict, identity: dict, model_path: str, inputs: dict, out_path: str, runtime: Runtime,
                    extra_rows: list[dict] = ()) -> None:
     """Clean, OOD and corruption metrics of one model as tidy parquet rows."""
@@ -368,13 +373,9 @@ def evaluate_model(settings: dict, identity: dict, model_path: str, inputs: dict
     batch_size = runtime.eval_batch_size
     test, ood = _eval_data(inputs, device)
     t0 = time.perf_counter()
-    rows = _clean_and_ood_rows(model, test, ood, batch_size)
-    if inputs.get("corruptions"):
-        rows += corruption_rows(model, test, load_corrupted_stack(inputs["corruptions"], test, CORRUPTIONS), batch_size)
-    rows += list(extra_rows)
-    for r in rows:
-        if r["metric"] in ("test_acc", "ood_acc", "mca", "mca_cond"):
-            log.info(f"{r['metric']}: {100 * r['value']:.2f}%")
+    corrupted = load_corrupted_stack(inputs["corruptions"], test, CORRUPTIONS) if inputs.get("corruptions") else None
+    rows = evaluation_rows(model, test, ood, corrupted, batch_size) + list(extra_rows)
+    log.info(headline(rows))
     log.info(f"evaluated {model_path} in {time.perf_counter() - t0:.1f}s ({len(rows)} rows)")
     write_rows(finish_rows(rows, identity, provenance(settings, device)), out_path, settings=settings)
 
@@ -487,37 +488,37 @@ def _read_rows(paths: list[str]):
 
 
 def make_table(name: str, report: dict, expected: dict, by: str, runs: list[str], out: dict) -> None:
-    from . import report as reports
-    from .plan import ReportContext
+    from .plan import ReportContext, reports
+    from .tables import write_table
 
     check_results(runs, expected, by)
-    table = reports.TABLES[name](_read_rows(runs), ReportContext.from_params(report))
-    reports.write_table(table, out["md"], out["tex"], out["csv"])
+    table = reports()[name].build(_read_rows(runs), ReportContext.from_params(report))
+    write_table(table, out["md"], out["tex"], out["csv"])
     log.info(f"{name} written from {len(runs)} result files")
 
 
 def make_figure(name: str, report: dict, expected: dict, by: str, runs: list[str], out: dict) -> None:
-    from . import report as reports
-    from .plan import ReportContext
+    from .plan import ReportContext, reports
+    from .tables import write_figure
 
     check_results(runs, expected, by)
-    figure = reports.FIGURES[name](_read_rows(runs), ReportContext.from_params(report))
-    reports.write_figure(figure, out["png"], out["pdf"])
+    figure = reports()[name].build(_read_rows(runs), ReportContext.from_params(report))
+    write_figure(figure, out["png"], out["pdf"])
     log.info(f"{name} written from {len(runs)} result files")
 
 
 def linear_study(settings: dict, out: dict) -> None:
-    """Seed 003's deep linear study: tidy frames, the success/failure table and learning curves."""
+    """Hong et al.'s deep linear study (clean->noisy student-teacher learning): tidy frames, the success/failure table and learning curves."""
     from . import linear_study as ls
-    from . import report
+    from .tables import write_figure, write_table
 
     t0 = time.perf_counter()
     results, curves = ls.run_study(ls.StudyConfig.from_dict(settings))
     for key, frame in (("results", results), ("curves", curves)):
         with atomic_path(out[key]) as tmp:
             frame.to_parquet(tmp, index=False)
-    report.write_table(ls.study_table(results), out["md"], out["tex"], out["csv"])
-    report.write_figure(ls.study_figure(curves, results), out["png"], out["pdf"])
+    write_table(ls.study_table(results), out["md"], out["tex"], out["csv"])
+    write_figure(ls.study_figure(curves, results), out["png"], out["pdf"])
     log.info(f"linear study: {len(results)} result rows in {time.perf_counter() - t0:.1f}s")
 
 

@@ -18,19 +18,14 @@ import copy
 import functools
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
+from typing import Callable
 
 from . import lineage
 from .errors import NoiseKDError
 from .layout import Layout
 from .linear_study_config import StudyConfig
-from .methods import MethodParams, get_method
-from .settings import Augmentation, AttackSetting, TrainConfig
-
-SHORT = {"sigma": "s", "dropout": "p", "mc_rate": "r", "nt_sigma": "ns", "nt_rate": "nr"}
-
-
-def _num(x: float) -> str:
-    return f"{float(x):g}"
+from .methods import MethodParams, format_number, get_method
+from .settings import AttackSetting, Augmentation, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -65,18 +60,10 @@ class Cell:
         if not m.teacher:
             return None
         if m.fickle_teacher:
-            return f"p{_num(self.params['dropout'])}"
+            return f"p{format_number(self.params['dropout'])}"
         if self.label_corruption > 0:
-            return f"lc{_num(self.label_corruption)}"
+            return f"lc{format_number(self.label_corruption)}"
         return "plain"
-
-
-def cell_name(method: str, params: dict, label_corruption: float = 0.0) -> str:
-    m = get_method(method)
-    parts = [method] + [f"{SHORT[k]}{_num(params[k])}" for k in m.paper_params]
-    if label_corruption > 0:
-        parts.append(f"lc{_num(label_corruption)}")
-    return "_".join(parts)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -87,6 +74,82 @@ def deep_merge(base: dict, override: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+# -- what each experiment lays out: the cells of its tables, typed ---------------------------------
+
+
+@dataclass(frozen=True)
+class CellRows:
+    """One row per cell (Table 1, the related methods)."""
+
+    cells: tuple[str, ...]
+
+    def names(self) -> list[str]:
+        return list(self.cells)
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """Table 2: per feature method, its cells alone, with Hinton's loss (+H) and with Fickle Teacher (+FT)."""
+
+    rows: dict[str, tuple[str, str, str]]
+
+    def names(self) -> list[str]:
+        return [c for trio in self.rows.values() for c in trio]
+
+
+@dataclass(frozen=True)
+class SigmaPairs:
+    """The GA and SR cells per σ (Table 3, Figures 2 and 3, Tables 4, 5 and S1), and the Hinton
+    reference where the experiment has one."""
+
+    pairs: dict[str, tuple[str, str]]  # σ as written -> (GA cell, SR cell)
+    hinton: str | None = None
+
+    def sigmas(self) -> list[str]:
+        return sorted(self.pairs, key=float)
+
+    def names(self) -> list[str]:
+        return [c for pair in self.pairs.values() for c in pair] + ([self.hinton] if self.hinton else [])
+
+
+@dataclass(frozen=True)
+class MCRow:
+    baseline: str
+    hinton: str
+    mc: dict[str, str]  # MC rate as written -> cell
+
+
+@dataclass(frozen=True)
+class NoiseGrid:
+    """Messy Collaboration: per label-corruption rate, the baseline, Hinton and MC cells."""
+
+    rows: dict[str, MCRow]  # label-corruption rate as written -> its cells
+
+    def rates(self) -> list[str]:
+        return sorted(self.rows, key=float)
+
+    def mc_rates(self) -> list[str]:
+        return sorted({r for row in self.rows.values() for r in row.mc}, key=float)
+
+    def names(self) -> list[str]:
+        return [c for row in self.rows.values() for c in (row.baseline, row.hinton, *row.mc.values())]
+
+
+def layout_to_params(layout) -> dict:
+    return {"type": type(layout).__name__, **asdict(layout)}
+
+
+def layout_from_params(p: dict):
+    fields_ = {k: v for k, v in p.items() if k != "type"}
+    if p["type"] == "CellRows":
+        return CellRows(tuple(fields_["cells"]))
+    if p["type"] == "FeatureRows":
+        return FeatureRows({m: tuple(trio) for m, trio in fields_["rows"].items()})
+    if p["type"] == "SigmaPairs":
+        return SigmaPairs({s: tuple(pair) for s, pair in fields_["pairs"].items()}, fields_["hinton"])
+    return NoiseGrid({r: MCRow(**row) for r, row in fields_["rows"].items()})
 
 
 # The named blocks of each rule's settings: each block is one rule param, so that Snakemake says which
@@ -143,7 +206,7 @@ class Plan:
         m = get_method(method)
         full = MethodParams.from_dict({**asdict(self.defaults), **params})
         m.check(full)
-        name = cell_name(method, params, lc)
+        name = m.cell_name(params, lc)
         old = self._cells[dataset].get(name)
         merged = tuple(dict.fromkeys((old.attacks if old else ()) + attacks))
         self._cells[dataset][name] = Cell(name, method, params, float(lc), merged)
@@ -152,61 +215,44 @@ class Plan:
     def _build(self) -> None:
         ex = self.config["experiments"]
         t1 = ex.get("table1")
-        if t1:
-            for d in t1["datasets"]:
-                rows = [self._add(d, m) for m in t1["methods"]]
-                rows += [self._add(d, "ft", {"dropout": p}) for p in t1["ft_dropout"]]
-                self.tables.setdefault("table1", {})[d] = rows
+        for d in (t1 or {}).get("datasets", []):
+            rows = [self._add(d, m) for m in t1["methods"]]
+            rows += [self._add(d, "ft", {"dropout": p}) for p in t1["ft_dropout"]]
+            self.tables.setdefault("table1", {})[d] = CellRows(tuple(rows))
         t2 = ex.get("table2")
-        if t2:
-            for d in t2["datasets"]:
-                grid = {}
-                for m in t2["methods"]:
-                    grid[m] = (self._add(d, m), self._add(d, f"{m}+hinton"),
-                               self._add(d, f"{m}+ft", {"dropout": t2["ft_dropout"]}))
-                self.tables.setdefault("table2", {})[d] = grid
+        for d in (t2 or {}).get("datasets", []):
+            self.tables.setdefault("table2", {})[d] = FeatureRows({
+                m: (self._add(d, m), self._add(d, f"{m}+hinton"), self._add(d, f"{m}+ft", {"dropout": t2["ft_dropout"]}))
+                for m in t2["methods"]})
         sr = ex.get("soft_randomization")
-        if sr:
-            for d in sr["datasets"]:
-                pairs = {}
-                for s in sr["sigma"]:
-                    pairs[_num(s)] = tuple(
-                        self._add(d, m, {"sigma": s}, attacks=(self.pgd20,)) for m in ("ga", "sr")
-                    )
-                self.tables.setdefault("soft_randomization", {})[d] = {
-                    "pairs": pairs, "hinton": self._add(d, "hinton")}
-                for key, attacks in (("table4", self.table4_attacks), ("table5", self.table5_attacks)):
-                    sigmas = (sr.get(f"{key}_sigma") or {}).get(d, [])
-                    if not sigmas:  # no cells: the table leaves this dataset out (or is not built at all)
-                        continue
-                    self.tables.setdefault(key, {})[d] = {
-                        _num(s): tuple(self._add(d, m, {"sigma": s}, attacks=attacks) for m in ("ga", "sr"))
-                        for s in sigmas
-                    }
+        for d in (sr or {}).get("datasets", []):
+            self.tables.setdefault("soft_randomization", {})[d] = SigmaPairs(
+                self._sigma_pairs(d, sr["sigma"], (self.pgd20,)), self._add(d, "hinton"))
+            for key, attacks in (("table4", self.table4_attacks), ("table5", self.table5_attacks)):
+                sigmas = (sr.get(f"{key}_sigma") or {}).get(d, [])
+                if sigmas:  # no cells: the table leaves this dataset out (or is not built at all)
+                    self.tables.setdefault(key, {})[d] = SigmaPairs(self._sigma_pairs(d, sigmas, attacks))
         mc = ex.get("messy_collaboration")
-        if mc:
-            for d in mc["datasets"]:
-                grid = {}
-                for c in mc["label_corruption"]:
-                    grid[_num(c)] = {
-                        "baseline": self._add(d, "baseline", lc=c),
-                        "hinton": self._add(d, "hinton", lc=c),
-                        **{_num(r): self._add(d, "mc", {"mc_rate": r}, lc=c) for r in mc["mc_rate"]},
-                    }
-                self.tables.setdefault("messy_collaboration", {})[d] = grid
+        for d in (mc or {}).get("datasets", []):
+            self.tables.setdefault("messy_collaboration", {})[d] = NoiseGrid({
+                format_number(c): MCRow(self._add(d, "baseline", lc=c), self._add(d, "hinton", lc=c),
+                                        {format_number(r): self._add(d, "mc", {"mc_rate": r}, lc=c)
+                                         for r in mc["mc_rate"]})
+                for c in mc["label_corruption"]})
         rel = ex.get("related")
-        if rel:
-            for d in rel["datasets"]:
-                rows = [self._add(d, m) for m in ("baseline", "hinton")]
-                rows.append(self._add(d, "ft", {"dropout": rel["ft_dropout"]}))
-                for s in rel["sigma"]:
-                    rows += [self._add(d, m, {"sigma": s}, attacks=(self.pgd20,))
-                             for m in ("ga", "sr", "feature_mimicry")]
-                for nt in rel["noisy_teacher"]:
-                    for m in ("noisy_teacher", "noisy_teacher_kl"):
-                        rows.append(self._add(d, m, {"nt_sigma": nt["nt_sigma"], "nt_rate": nt["nt_rate"]},
-                                              attacks=(self.pgd20,)))
-                self.tables.setdefault("related", {})[d] = rows
+        for d in (rel or {}).get("datasets", []):
+            rows = [self._add(d, m) for m in ("baseline", "hinton")]
+            rows.append(self._add(d, "ft", {"dropout": rel["ft_dropout"]}))
+            for s in rel["sigma"]:
+                rows += [self._add(d, m, {"sigma": s}, attacks=(self.pgd20,)) for m in ("ga", "sr", "feature_mimicry")]
+            for nt in rel["noisy_teacher"]:
+                rows += [self._add(d, m, {"nt_sigma": nt["nt_sigma"], "nt_rate": nt["nt_rate"]}, attacks=(self.pgd20,))
+                         for m in ("noisy_teacher", "noisy_teacher_kl")]
+            self.tables.setdefault("related", {})[d] = CellRows(tuple(rows))
+
+    def _sigma_pairs(self, dataset: str, sigmas, attacks) -> dict[str, tuple[str, str]]:
+        return {format_number(s): tuple(self._add(dataset, m, {"sigma": s}, attacks=attacks) for m in ("ga", "sr"))
+                for s in sigmas}
 
     def _check(self) -> None:
         """Refuse, at parse time, what would only fail inside a job hours later."""
@@ -365,9 +411,6 @@ class Plan:
                 "teacher": self._teacher_block(dataset, kind) if kind else None,
                 "student": self._student_block(dataset, cell)}
 
-    def teacher_run_settings(self, dataset: str, kind: str, seed: int) -> dict:
-        return {**self.teacher_settings(dataset, kind), "seed": int(seed)}
-
     def student_run_settings(self, dataset: str, cell: str, seed: int) -> dict:
         return {**self.student_settings(dataset, cell), "seed": int(seed)}
 
@@ -406,7 +449,7 @@ class Plan:
         return by_rule[rule]()
 
     def linear_study_settings(self) -> dict:
-        """Seed 003's linear study, every key resolved (its defaults included)."""
+        """Hong et al.'s linear study, every key resolved (its defaults included)."""
         return asdict(StudyConfig.from_dict(self.config.get("linear_study", {})))
 
     # -- runs and their files ---------------------------------------------------------------------
@@ -458,22 +501,46 @@ class Plan:
 
 # -- tables and figures -----------------------------------------------------------------------------
 
-# Which experiment each table and figure reads, and which files of its runs it needs.
-REPORTS: dict[str, tuple[str, frozenset[str]]] = {
-    "table1": ("table1", frozenset({"eval", "teacher"})),
-    "table2": ("table2", frozenset({"eval"})),
-    "table3": ("soft_randomization", frozenset({"eval"})),
-    "table4": ("table4", frozenset({"attack"})),
-    "table5": ("table5", frozenset({"attack"})),
-    "table_s1": ("soft_randomization", frozenset({"attack"})),
-    "table_s2_s3": ("messy_collaboration", frozenset({"eval", "teacher"})),
-    "table_s4": ("messy_collaboration", frozenset({"eval", "teacher"})),
-    "table_related": ("related", frozenset({"eval", "attack"})),
-    "figure2": ("soft_randomization", frozenset({"attack"})),
-    "figure3": ("soft_randomization", frozenset({"eval"})),
-    "figure4": ("messy_collaboration", frozenset({"eval", "teacher"})),
-    "figure5": ("messy_collaboration", frozenset({"eval", "teacher"})),
-}
+
+@dataclass(frozen=True)
+class Report:
+    """A table or figure: the experiment whose cells it shows, which files of their runs it reads
+    ("eval", "attack", "teacher": the selected teachers' evaluations), and the function that builds it
+    from the result rows and its `ReportContext`."""
+
+    name: str
+    kind: str  # "table" or "figure"
+    experiment: str
+    reads: frozenset[str]
+    build: Callable
+
+
+REPORTS: dict[str, Report] = {}
+
+
+def _register(kind: str, name: str, experiment: str, reads: set[str]):
+    def register(build: Callable) -> Callable:
+        REPORTS[name] = Report(name, kind, experiment, frozenset(reads), build)
+        return build
+
+    return register
+
+
+def table(name: str, experiment: str, reads: set[str]):
+    """Register a table builder `build(frame, ctx) -> noisekd.tables.Table`: it becomes a target."""
+    return _register("table", name, experiment, reads)
+
+
+def figure(name: str, experiment: str, reads: set[str]):
+    """Register a figure builder `build(frame, ctx) -> matplotlib Figure`: it becomes a target."""
+    return _register("figure", name, experiment, reads)
+
+
+def reports() -> dict[str, Report]:
+    """Every registered table and figure: the paper's (`noisekd.paper`) and any registered since."""
+    from . import paper  # noqa: F401 (its tables and figures register themselves on import)
+
+    return REPORTS
 
 
 @dataclass(frozen=True)
@@ -481,7 +548,7 @@ class ReportContext:
     """What one table or figure shows, as plain data: its rule params, and the report functions' only
     view of the plan (the layout of its experiment, its cells, the attacks, the OOD sets, the seeds)."""
 
-    tables: dict  # experiment -> dataset -> layout, for this report's experiment only
+    tables: dict  # experiment -> dataset -> layout (CellRows, SigmaPairs...), for this report's experiment
     cells: dict  # dataset -> cell name -> Cell (their attacks only where the report reads attacks)
     pgd20: AttackSetting | None  # the attacks: None and () where the report reads none
     table4_attacks: tuple[AttackSetting, ...]
@@ -496,52 +563,46 @@ class ReportContext:
             raise NoiseKDError(f"no student cell {name!r} for dataset {dataset!r} in this report") from None
 
     def to_params(self) -> dict:
-        return {"tables": self.tables,
+        return {"tables": {e: {d: layout_to_params(v) for d, v in by.items()} for e, by in self.tables.items()},
                 "cells": {d: {n: c.to_dict() for n, c in cells.items()} for d, cells in self.cells.items()},
-                "pgd20": asdict(self.pgd20) if self.pgd20 else None, "table4_attacks": [asdict(a) for a in self.table4_attacks],
+                "pgd20": asdict(self.pgd20) if self.pgd20 else None,
+                "table4_attacks": [asdict(a) for a in self.table4_attacks],
                 "table5_attacks": [asdict(a) for a in self.table5_attacks], "ood_sources": self.ood_sources,
                 "student_seeds": list(self.student_seeds)}
 
     @classmethod
     def from_params(cls, p: dict) -> "ReportContext":
-        return cls(p["tables"], {d: {n: Cell.from_dict(c) for n, c in cells.items()} for d, cells in p["cells"].items()},
-                   AttackSetting(**p["pgd20"]) if p["pgd20"] else None, tuple(AttackSetting(**a) for a in p["table4_attacks"]),
+        return cls({e: {d: layout_from_params(v) for d, v in by.items()} for e, by in p["tables"].items()},
+                   {d: {n: Cell.from_dict(c) for n, c in cells.items()} for d, cells in p["cells"].items()},
+                   AttackSetting(**p["pgd20"]) if p["pgd20"] else None,
+                   tuple(AttackSetting(**a) for a in p["table4_attacks"]),
                    tuple(AttackSetting(**a) for a in p["table5_attacks"]), p["ood_sources"], tuple(p["student_seeds"]))
 
 
-def _flatten(layout) -> list[str]:
-    if isinstance(layout, str):
-        return [layout]
-    if isinstance(layout, dict):
-        layout = list(layout.values())
-    return [name for item in layout for name in _flatten(item)]
+def report_names(plan: Plan, kind: str) -> list[str]:
+    """The tables (kind "table") or figures ("figure") whose experiment this config runs."""
+    return [n for n, r in reports().items() if r.kind == kind and plan.tables.get(r.experiment)]
 
 
-def report_names(plan: Plan, prefix: str) -> list[str]:
-    """Tables (prefix 'table') or figures ('figure') whose experiment this config runs."""
-    return [n for n, (exp, _) in REPORTS.items() if n.startswith(prefix) and plan.tables.get(exp)]
-
-
-def _layout(plan: Plan, name: str) -> tuple[str, dict]:
-    experiment, _ = REPORTS[name]
+def _layout(plan: Plan, name: str) -> dict:
+    experiment = reports()[name].experiment
     layout = plan.tables.get(experiment)
     if not layout:
         where = (f"experiments.soft_randomization.{experiment}_sigma" if experiment in ("table4", "table5")
                  else f"experiments.{experiment}")
         raise NoiseKDError(f"{name} needs {where} in the config")
-    return experiment, layout
+    return layout
 
 
 def report_files(plan: Plan, name: str) -> list[tuple[str, dict, str | None]]:
     """(path, expected settings, selection file) of every result file one table or figure reads."""
-    _, needs = REPORTS[name]
-    _, layout = _layout(plan, name)
+    reads = reports()[name].reads
     files = []
-    for dataset, sub in layout.items():
-        cells = list(dict.fromkeys(_flatten(sub)))
+    for dataset, layout in _layout(plan, name).items():
+        cells = list(dict.fromkeys(layout.names()))
         for c in cells:
-            files += plan.result_files(dataset, c, needs)
-        if "teacher" in needs:
+            files += plan.result_files(dataset, c, reads)
+        if "teacher" in reads:
             kinds = {plan.cell(dataset, c).teacher_kind for c in cells} - {None}
             files += [plan.teacher_result_file(dataset, k) for k in sorted(kinds)]
     return files
@@ -560,11 +621,12 @@ def selection_inputs(files: list[tuple[str, dict, str | None]]) -> list[str]:
 def report_context(plan: Plan, name: str) -> ReportContext:
     """The rule params of one table or figure: only what it shows, so that a config edit reruns it only
     where it changes what it shows (a PGD setting does not rerun Table 1)."""
-    experiment, layout = _layout(plan, name)
-    attacks = "attack" in REPORTS[name][1]
+    report = reports()[name]
+    layout = _layout(plan, name)
+    attacks = "attack" in report.reads
     cells = {d: {c: plan.cell(d, c) if attacks else replace(plan.cell(d, c), attacks=())
-                 for c in dict.fromkeys(_flatten(sub))} for d, sub in layout.items()}
+                 for c in dict.fromkeys(sub.names())} for d, sub in layout.items()}
     ood = {d: (plan.ood_settings(d) or {}).get("source") for d in layout}
-    return ReportContext({experiment: layout}, cells, plan.pgd20 if attacks else None,
+    return ReportContext({report.experiment: layout}, cells, plan.pgd20 if attacks else None,
                          plan.table4_attacks if attacks else (), plan.table5_attacks if attacks else (), ood,
                          tuple(plan.student_seeds))

@@ -1,4 +1,4 @@
-# Seed 003's three factors with deep linear networks: one CPU rule, a table and a figure.
+# Hong et al.'s three factors with deep linear networks: one CPU rule, a table and a figure.
 
 
 rule linear_study:

@@ -108,7 +108,7 @@ for _name in FIGURES:
 
 
 # Tables and figures this config does not run: asking for one says which config key it needs.
-for _name in sorted(set(REPORTS) - set(TABLES) - set(FIGURES)):
+for _name in sorted(set(reports()) - set(TABLES) - set(FIGURES)):
 
     rule:
         name:

@@ -319,13 +319,19 @@ def test_rejects_integer_images_and_bad_labels(trained):
         robust_accuracy(model, x[:0], y[:0], 0.03, 0.01, 2)
 
 
-def test_paper_constants():
-    assert attacks.PAPER_EPS == 8 / 255 and round(attacks.PAPER_EPS, 3) == 0.031
-    assert attacks.PAPER_STEP_SIZE == 0.003
-    assert attacks.TABLE4_STEPS == (1, 5, 10, 15, 20, 100, 200, 1000)
-    assert attacks.TABLE5_EPS_255 == (1, 2, 10, 20, 25, 50, 100, 200)
-    assert attacks.TABLE5_STEPS == 20
-    assert attacks.PAPER_RESTARTS == 5
+def test_the_protocol_holds_the_papers_attacks():
+    """config.yaml, the one place the protocol is written: ε = 8/255 (the paper's 0.031), step size 0.003
+    (see config.yaml), 5 restarts, PGD-20; Table 4's step counts and Table 5's ε at 20 steps."""
+    from noisekd.config import load_config, protocol_attack
+    from noisekd.plan import Plan
+
+    paper = protocol_attack()
+    assert (paper.steps, paper.eps, paper.step_size, paper.restarts) == (20, 8 / 255, 0.003, 5)
+    assert round(paper.eps, 3) == 0.031
+    plan = Plan(load_config("config.yaml"))
+    assert [a.steps for a in plan.table4_attacks] == [1, 5, 10, 15, 20, 100, 200, 1000]
+    assert [round(a.eps * 255) for a in plan.table5_attacks] == [1, 2, 10, 20, 25, 50, 100, 200]
+    assert {a.steps for a in plan.table5_attacks} == {20} and plan.pgd20 == paper
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,12 +1,11 @@
 """The whole-paper cost estimate (benchmarks.cost) against hand counts from config.yaml."""
 
 import pytest
+from test_workflow import ROOT
 
 from benchmarks.cost import estimate
 from noisekd.config import load_config
 from noisekd.plan import Plan
-
-from test_workflow import ROOT
 
 RATES = {"teacher": 1000.0, "student": 4000.0, "kd": 2000.0, "inference": 1e12, "pgd_row_steps": 1e12,
          "warmup_s": {"teacher": 0.0, "student": 0.0, "kd": 0.0, "kd_cached": 0.0}}

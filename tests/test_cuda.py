@@ -7,8 +7,9 @@ import torch
 
 from noisekd.data import Augmentation, ImageData
 from noisekd.methods import MethodParams, get_method
-from noisekd.models import WRNSpec
-from noisekd.train import TrainConfig, build_model, fit
+from noisekd.models import WRNSpec, build_model
+from noisekd.settings import TrainConfig
+from noisekd.train import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -109,7 +110,7 @@ def test_teacher_on_a_side_stream_changes_no_number(method, params):
 
 def test_runs_side_by_side_equal_runs_alone():
     """Seeds of one job train in threads on their own streams; each ends as it would alone."""
-    from noisekd.train import run_side_by_side
+    from noisekd.execution import run_side_by_side
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     results = {}

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from ci_run import run_ci_preset, stale_copy_first
+from test_workflow import ROOT, snakemake
+
 from noisekd.config import load_config
 from noisekd.evaluate import read_rows_settings
 from noisekd.lineage import settings_hash
 from noisekd.plan import Plan
-from test_workflow import ROOT, snakemake
 
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table_s1", "table_s2_s3", "table_s4", "table_related",
           "linear_study"]

@@ -9,9 +9,10 @@ import pytest
 from noisekd.data import Augmentation
 from noisekd.evaluate import accuracy
 from noisekd.methods import get_method
-from noisekd.models import WRNSpec
+from noisekd.models import WRNSpec, build_model
+from noisekd.settings import TrainConfig
 from noisekd.sources import load_digits
-from noisekd.train import TrainConfig, build_model, fit
+from noisekd.train import fit
 
 
 @pytest.mark.slow

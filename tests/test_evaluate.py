@@ -6,14 +6,16 @@ import pytest
 import torch
 
 from noisekd.__main__ import main
+from noisekd.checkpoints import save_model
 from noisekd.data import Augmentation, ImageData
 from noisekd.evaluate import ROW_COLUMNS, accuracy, corruption_rows, finish_rows, read_rows_settings, write_rows
 from noisekd.lineage import settings_hash
-from noisekd.provenance import git_commit, provenance
 from noisekd.methods import MethodParams, get_method
-from noisekd.models import WRNSpec
+from noisekd.models import WRNSpec, build_model
+from noisekd.provenance import git_commit, provenance
+from noisekd.settings import TrainConfig
 from noisekd.sources import load_digits
-from noisekd.train import TrainConfig, build_model, fit, save_model
+from noisekd.train import fit
 
 
 class LookupModel(torch.nn.Module):

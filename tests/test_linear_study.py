@@ -13,7 +13,7 @@ import torch
 
 from noisekd import linear_study as ls
 from noisekd.errors import NoiseKDError
-from noisekd.report import write_figure, write_table
+from noisekd.tables import write_figure, write_table
 
 SMALL = {"seeds": [0, 1], "val_window": 400}
 

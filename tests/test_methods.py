@@ -5,11 +5,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from noisekd.data import Augmentation, ImageData, random_relabel
+from noisekd.data import Augmentation, ImageData
 from noisekd.errors import NoiseKDError
 from noisekd.methods import METHODS, MethodParams, get_method
-from noisekd.models import WRNSpec
-from noisekd.train import TrainConfig, build_model, distillation_loss, fit, perturb_logits, set_teacher_mode
+from noisekd.models import WRNSpec, build_model
+from noisekd.noise import perturb_logits, redraw_labels
+from noisekd.objective import distillation_loss, set_teacher_mode
+from noisekd.settings import TrainConfig
+from noisekd.train import fit
 
 REQUIRED = [
     "baseline", "ga", "hinton", "ft", "sr", "mc", "noisy_teacher", "noisy_teacher_kl", "feature_mimicry",
@@ -123,13 +126,13 @@ def test_feature_mimicry_student_noisy_teacher_clean():
 
 def test_messy_collaboration_redraws_about_r_of_the_labels_over_the_full_range():
     labels = torch.zeros(200_000, dtype=torch.long)
-    new = random_relabel(labels, 0.3, 10, torch.Generator().manual_seed(0))
+    new = redraw_labels(labels, 0.3, 10, torch.Generator().manual_seed(0))
     # replaced with prob r by a uniform class (which is the true class 1/10 of the time)
     assert (new != labels).float().mean().item() == pytest.approx(0.3 * 0.9, abs=0.005)
     counts = torch.bincount(new[new != 0], minlength=10)
     assert new.min() >= 0 and new.max() <= 9
     assert counts[9] > 0.9 * counts[1:].float().mean()  # the last class is drawn (no off-by-one range)
-    assert torch.equal(random_relabel(labels, 0.0, 10, torch.Generator()), labels)
+    assert torch.equal(redraw_labels(labels, 0.0, 10, torch.Generator()), labels)
 
 
 def test_messy_collaboration_uses_redrawn_targets_in_the_step():
@@ -227,3 +230,24 @@ def test_tau_is_read_only_while_the_kd_term_is_on():
     assert "tau" in get_method("hinton").reads(MethodParams())
     assert "tau" not in get_method("hinton").reads(MethodParams(alpha=0.0))  # KD weight 0: plain CE
     assert get_method("baseline").reads(MethodParams()) == ()
+
+
+def test_every_loss_term_is_declared_once_and_computed_once():
+    """The term names methods may weight (TERM_NEEDS, with what each needs of the teacher) are exactly
+    the terms the objective computes; every registered method weights only such terms."""
+    from noisekd.methods import LOGIT_TERMS, TERM_NEEDS
+    from noisekd.objective import FEATURE_TERMS, TEACHER_TERMS, TERMS
+
+    assert set(TERMS) == set(TERM_NEEDS)
+    assert FEATURE_TERMS == {"at", "sp", "rkd_d", "rkd_a", "fm"} and LOGIT_TERMS == {"ce", "kd", "logit_l2"}
+    assert TEACHER_TERMS == FEATURE_TERMS | {"kd", "logit_l2"}
+    assert all(set(m.weights(MethodParams())) <= set(TERMS) for m in METHODS.values())
+
+
+def test_cell_names_and_labels_come_from_the_method():
+    assert get_method("sr").cell_name({"sigma": 0.05}) == "sr_s0.05"
+    assert get_method("mc").cell_name({"mc_rate": 0.2}, 0.3) == "mc_r0.2_lc0.3"
+    assert get_method("at+ft").cell_name({"dropout": 0.4}) == "at+ft_p0.4"
+    assert get_method("ft").cell_label({"dropout": 0.3}) == "FT-0.3"
+    assert get_method("mc").cell_label({"mc_rate": 0.2}, 0.3) == "MC r=0.2 (30% noisy labels)"
+    assert get_method("rkd_da+hinton").label == "RKD-DA+H"

@@ -2,8 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from noisekd.models import SeededDropout, WRNSpec, count_parameters, wide_resnet
-from noisekd.train import build_model
+from noisekd.models import SeededDropout, WRNSpec, build_model, count_parameters, wide_resnet
 
 
 @pytest.mark.parametrize("depth,width,expected", [(40, 2, 2_243_546), (16, 2, 691_674)])

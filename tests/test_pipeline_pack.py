@@ -9,17 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_workflow import ROOT
 
 import noisekd.data
 from noisekd import selection
 from noisekd.config import load_config
 from noisekd.errors import NoiseKDError
-from noisekd.pipeline import (compute_teacher_logits, prepare_dataset, select_teacher, share_compile_cache,
-                              train_students, train_teachers)
+from noisekd.pipeline import (
+    compute_teacher_logits,
+    prepare_dataset,
+    select_teacher,
+    share_compile_cache,
+    train_students,
+    train_teachers,
+)
 from noisekd.plan import Plan
 from noisekd.settings import Runtime
-
-from test_workflow import ROOT
 
 RUNTIME = Runtime(threads=1)
 

@@ -14,10 +14,11 @@ import pytest
 import yaml
 
 from noisekd.corruptions import CORRUPTIONS
-from noisekd.evaluate import ROW_COLUMNS, rows_frame
 from noisekd.errors import NoiseKDError
+from noisekd.evaluate import ROW_COLUMNS, rows_frame
+from noisekd.paper import FIGURES, TABLES, cell_label, method_label
 from noisekd.plan import Plan, deep_merge, report_context
-from noisekd.report import FIGURES, TABLES, Stat, Table, cell_label, method_label, write_figure, write_table
+from noisekd.tables import Stat, Table, write_figure, write_table
 
 
 def make_plan(preset: str | None, **override) -> Plan:
@@ -136,7 +137,7 @@ def test_mca_and_pgd_columns_are_the_papers_measures(ci_plan, ci_frame):
     set_values(ci_frame, "digits", "hinton", "mca", [0.50, 0.50, 0.50])
     set_values(ci_frame, "digits", "hinton", "mca_cond", [0.70, 0.72, 0.74])
     assert TABLES["table1"](ci_frame, report_context(ci_plan, "table1")).cell("Hinton", "Digits / mCA").text() == "72.00 ± 2.00"
-    name = next(n for n in ci_plan.tables["related"]["digits"] if n.startswith("sr_"))
+    name = next(n for n in ci_plan.tables["related"]["digits"].cells if n.startswith("sr_"))
     a = ci_plan.pgd20
     for metric, values in (("robust_acc_worst_of_restarts", [0.1, 0.1, 0.1]), ("robust_acc_min_over_runs", [0.2, 0.3, 0.4])):
         rows = ((ci_frame["cell"] == name) & (ci_frame["metric"] == metric) & (ci_frame["steps"] == a.steps)
@@ -229,7 +230,7 @@ def test_table_layouts_follow_the_plan(demo_plan):
     assert [c.name for c in t2.columns] == ["Original", "+H", "+FT-0.3"] * 2
     t4 = TABLES["table4"](frame, report_context(demo_plan, "table4"))
     assert [c.name for c in t4.columns] == [str(a.steps) for a in demo_plan.table4_attacks]
-    n_sigma = len(demo_plan.tables["table4"]["digits"])  # GA and SR per sigma, in two aggregate blocks
+    n_sigma = len(demo_plan.tables["table4"]["digits"].pairs)  # GA and SR per sigma, in two aggregate blocks
     assert {r.block for r in t4.rows} == {b for b in (t4.rows[0].block, t4.rows[-1].block)}
     assert len(t4.rows) == 2 * 2 * n_sigma
     assert "authors' aggregate" in t4.caption

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_workflow import ROOT, snakemake
 
 from noisekd.config import load_config
 from noisekd.evaluate import SETTINGS_METADATA_KEY
-from noisekd.plan import REPORTS, Plan, report_inputs
-from test_workflow import ROOT, snakemake
+from noisekd.plan import Plan, report_inputs, reports
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_selection_rule_reruns_only_where_the_selected_seed_changes(local_run, t
     expected = {("evaluate_teacher", k) for k in TEACHER_KINDS}  # its rows hold every seed's selection accuracy
     expected |= {("teacher_logits", k) for k in changed & CACHED_KINDS} | _consumers(cells)
     plan = Plan(load_config(ROOT / "config.yaml", ROOT / "presets" / "ci.yaml", local_run.parent / "local.yaml"))
-    showing = {name for name in REPORTS if any(f"/{c}/" in path for c in cells for path in report_inputs(plan, name))}
+    showing = {name for name in reports() if any(f"/{c}/" in path for c in cells for path in report_inputs(plan, name))}
     assert jobs == expected | _reports(READ_TEACHERS | showing)
     assert not {j for j in jobs if j[0] in ("train_teachers", "select_teacher")}
 

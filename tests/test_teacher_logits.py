@@ -6,12 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from noisekd import teacher_logits
+from noisekd.checkpoints import save_model
 from noisekd.data import ImageData, crop_flip, draw_crop_flip
-from noisekd.settings import Augmentation, augmentation_variants
 from noisekd.errors import NoiseKDError
 from noisekd.methods import METHODS, MethodParams, get_method
-from noisekd.models import WRNSpec
-from noisekd.train import TrainConfig, build_model, fit, save_model
+from noisekd.models import WRNSpec, build_model
+from noisekd.settings import Augmentation, TrainConfig, augmentation_variants
+from noisekd.train import fit
 
 AUG = Augmentation(crop_padding=2, hflip=True)
 CACHEABLE = {"hinton", "sr", "mc", "noisy_teacher", "noisy_teacher_kl"}

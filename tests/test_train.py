@@ -5,13 +5,17 @@ import time
 import pytest
 import torch
 
+import noisekd.checkpoints
 import noisekd.data
-import noisekd.train
+import noisekd.execution
+from noisekd.checkpoints import load_model, save_model
 from noisekd.data import Augmentation, ImageData
 from noisekd.errors import NoiseKDError
+from noisekd.execution import TrainingInterrupted
 from noisekd.methods import MethodParams, get_method
-from noisekd.models import WRNSpec
-from noisekd.train import TrainConfig, TrainingInterrupted, build_model, fit, load_model, save_model
+from noisekd.models import WRNSpec, build_model
+from noisekd.settings import TrainConfig
+from noisekd.train import fit
 
 
 def _data(n=96, seed=0):
@@ -106,9 +110,9 @@ def test_sigterm_mid_epoch_saves_a_checkpoint_and_resume_is_bit_identical(tmp_pa
 def test_checkpoints_are_at_least_the_interval_apart_and_the_last_epoch_always_saves(tmp_path, monkeypatch,
                                                                                      interval_s, saves):
     written = []
-    real = noisekd.train.save_torch_atomic
-    monkeypatch.setattr(noisekd.train, "save_torch_atomic", lambda path, obj: (written.append(obj["epoch"]),
-                                                                               real(path, obj)))
+    real = noisekd.checkpoints.save_torch_atomic
+    monkeypatch.setattr(noisekd.checkpoints, "save_torch_atomic", lambda path, obj: (written.append(obj["epoch"]),
+                                                                                     real(path, obj)))
     cfg = TrainConfig(epochs=3, milestones=(2,), batch_size=32, seed=7, checkpoint_interval_s=interval_s)
     _run(method="hinton", params=MethodParams(), cfg=cfg, ckpt=tmp_path / "ckpt.pt")
     assert written == [1, 2, 3][-saves:]
@@ -128,9 +132,9 @@ def test_checkpoint_of_another_resolved_precision_is_refused(tmp_path, monkeypat
     # kind of node must not continue the run in another precision.
     ckpt = tmp_path / "ckpt.pt"
     cfg = TrainConfig(epochs=3, milestones=(2,), batch_size=32, seed=7, precision="auto")
-    monkeypatch.setattr(noisekd.train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(noisekd.execution, "cpu_has_native_bf16", lambda: True)
     assert _run(ckpt=ckpt, cfg=cfg).summary["config"]["precision"] == "bf16"
-    monkeypatch.setattr(noisekd.train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(noisekd.execution, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(NoiseKDError, match="different run"):
         _run(ckpt=ckpt, cfg=cfg)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..corruptions import CORRUPTIONS
 from ..data import ImageData
 from ..errors import NoiseKDError
-from ..corruptions import CORRUPTIONS
 from .cifar10 import CIFAR10_CLASSES
 from .download import ensure_download, safe_extract_tar
 

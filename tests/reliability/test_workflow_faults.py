@@ -9,7 +9,6 @@ import time
 
 import pytest
 import torch
-
 from test_workflow import ROOT, SNAKEMAKE, snakemake
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]

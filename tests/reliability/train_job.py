@@ -16,9 +16,11 @@ import sys
 import torch
 
 from noisekd.data import Augmentation, ImageData
+from noisekd.execution import TrainingInterrupted
 from noisekd.methods import MethodParams, get_method
-from noisekd.models import WRNSpec
-from noisekd.train import TrainConfig, TrainingInterrupted, build_model, fit
+from noisekd.models import WRNSpec, build_model
+from noisekd.settings import TrainConfig
+from noisekd.train import fit
 
 parser = argparse.ArgumentParser()
 parser.add_argument("checkpoint")

@@ -1,4 +1,4 @@
-"""Tables and figures of the paper from the tidy result rows of `noisekd.evaluate`.
+"""The paper's tables and figures, from the tidy result rows of `noisekd.evaluate`.
 
 Input: a pandas DataFrame with the columns of `noisekd.evaluate.ROW_COLUMNS` (one row per run x
 metric x condition, values as fractions in [0, 1]) and the `noisekd.plan.ReportContext` of the
@@ -7,10 +7,11 @@ cells it compares.
 
 - `TABLES[name](frame, ctx) -> Table`: `table1` ... `table5` as in the paper, `table_s1` (values
   behind Figure 2), `table_s2_s3` and `table_s4` (values behind Figures 4 and 5) and
-  `table_related` (the related methods of the other seeds).  A `Table` renders to Markdown,
+  `table_related` (the related methods of Hong et al. and Sau & Balasubramanian).  A `Table` renders to Markdown,
   LaTeX (booktabs) and CSV.
 - `FIGURES[name](frame, ctx) -> matplotlib Figure`: `figure2` ... `figure5`.
-- `write_table` / `write_figure` write the files atomically.
+- Each is one function, registered with `noisekd.plan.table` / `noisekd.plan.figure` where it is
+  defined, with its experiment and the files it reads; the targets are the registry's.
 
 Conventions:
 - Student cells show mean +- sample std (ddof=1) over the student seeds, in percent with two
@@ -28,43 +29,22 @@ Conventions:
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
-import seaborn as sns
-from matplotlib.figure import Figure
 
 from .errors import NoiseKDError
-from .io import atomic_path
+from .methods import format_number, get_method
+from .plan import REPORTS as _REGISTERED
+from .plan import figure, table
 from .settings import AttackSetting
+from .tables import Column, Row, Stat, Table, TableCell, bold_best
 
-__all__ = [
-    "FIGURES",
-    "TABLES",
-    "Column",
-    "Row",
-    "Stat",
-    "Table",
-    "TableCell",
-    "cell_label",
-    "dataset_label",
-    "method_label",
-    "write_figure",
-    "write_table",
-]
+# pandas, matplotlib and seaborn load when a table or figure is built: planning the DAG, which reads
+# this module's registrations, stays light.
+
 
 WORST = "robust_acc_worst_of_restarts"
 MIN_RUNS = "robust_acc_min_over_runs"
@@ -81,18 +61,7 @@ DATASET_LABELS = {
     "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "svhn": "SVHN", "digits": "Digits",
     "cinic10": "CINIC-10", "printed_digits": "Printed digits", "cifar10c": "CIFAR-10-C",
 }
-METHOD_LABELS = {
-    "baseline": "Baseline", "hinton": "Hinton", "ga": "GA", "sr": "SR", "ft": "FT", "mc": "MC",
-    "at": "AT", "sp": "SP", "rkd_d": "RKD-D", "rkd_a": "RKD-A", "rkd_da": "RKD-DA",
-    "feature_mimicry": "Feature mimicry", "noisy_teacher": "Noisy Teacher (L2)",
-    "noisy_teacher_kl": "Noisy Teacher (KL)", "teacher": "Teacher",
-}
-SUFFIX_LABELS = {"hinton": "H", "ft": "FT"}  # "at+hinton" -> "AT+H"
 CORRUPTION_LABELS = {"jpeg_compression": "JPEG", "elastic_transform": "Elastic", "saturate": "Saturation"}
-
-
-def _num(x: float) -> str:
-    return f"{float(x):g}"
 
 
 def dataset_label(name: str) -> str:
@@ -100,31 +69,15 @@ def dataset_label(name: str) -> str:
 
 
 def method_label(method: str) -> str:
-    """Display name of a registry method: `at+hinton` -> `AT+H`, `noisy_teacher` -> `Noisy Teacher (L2)`."""
-    head, *rest = method.split("+")
-    out = METHOD_LABELS.get(head, head.replace("_", "-").upper())
-    for part in rest:
-        out += "+" + SUFFIX_LABELS.get(part, METHOD_LABELS.get(part, part.upper()))
-    return out
+    """A method's label (`noisekd.methods`): `at+hinton` -> `AT+H`; result rows of teachers say `Teacher`."""
+    return "Teacher" if method == "teacher" else get_method(method).label
 
 
 def cell_label(cell, params: bool = True) -> str:
-    """Display name of a plan Cell from its method and parameters (e.g. `FT-0.3`, `SR σ=0.05`)."""
-    label = method_label(cell.method)
+    """A plan Cell's label, from its method and parameters (e.g. `FT-0.3`, `SR σ=0.05`)."""
     if not params:
-        return label
-    p = cell.params
-    if "dropout" in p:
-        label += f"-{_num(p['dropout'])}"  # the paper's FT-x
-    if "sigma" in p:
-        label += f" σ={_num(p['sigma'])}"
-    if "mc_rate" in p:
-        label += f" r={_num(p['mc_rate'])}"
-    if "nt_sigma" in p or "nt_rate" in p:
-        label += f", σ={_num(p.get('nt_sigma', 0))}, rate {_num(p.get('nt_rate', 0))}"
-    if cell.label_corruption > 0:
-        label += f" ({_num(100 * cell.label_corruption)}% noisy labels)"
-    return label
+        return method_label(cell.method)
+    return get_method(cell.method).cell_label(cell.params, cell.label_corruption)
 
 
 def corruption_label(name: str) -> str:
@@ -140,213 +93,14 @@ def _ood_label(ctx, dataset: str) -> str:
 
 
 def _eps255(eps: float) -> str:
-    return _num(round(eps * 255, 4))
+    return format_number(round(eps * 255, 4))
 
 
 def _attack_desc(s: AttackSetting) -> str:
-    return f"PGD-{s.steps} (ε={_eps255(s.eps)}/255, step {_num(s.step_size)}, {s.restarts} restarts)"
+    return f"PGD-{s.steps} (ε={_eps255(s.eps)}/255, step {format_number(s.step_size)}, {s.restarts} restarts)"
 
 
 # -- table model ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean, sample std (NaN for one value) and number of values, as fractions."""
-
-    mean: float
-    std: float
-    n: int
-
-    def text(self) -> str:
-        if self.n == 0 or not math.isfinite(self.mean):
-            return "n/a"
-        if self.n < 2 or not math.isfinite(self.std):
-            return f"{100 * self.mean:.2f}"
-        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
-
-
-@dataclass
-class TableCell:
-    stat: Stat | None = None  # None: not applicable, shown as "-"
-    bold: bool = False
-
-    def text(self) -> str:
-        return "-" if self.stat is None else self.stat.text()
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    group: str = ""  # upper header level ("CIFAR-10"); "" for none
-
-
-@dataclass
-class Row:
-    index: tuple[str, ...]  # the row labels, one per Table.index_names
-    cells: list[TableCell]
-    block: str | None = None  # rows sharing a block are rendered under a block heading
-
-
-@dataclass
-class Table:
-    name: str
-    title: str
-    caption: str
-    index_names: tuple[str, ...]
-    columns: list[Column]
-    rows: list[Row] = field(default_factory=list)
-
-    # -- helpers --
-    def header(self, col: Column) -> str:
-        return f"{col.group} / {col.name}" if col.group else col.name
-
-    def cell(self, row_index: Sequence[str] | str, header: str, block: str | None = None) -> TableCell:
-        """The cell of the row with these labels (a string matches the last index level) and header."""
-        if isinstance(row_index, str):
-            match = [r for r in self.rows if r.index[-1] == row_index]
-        else:
-            match = [r for r in self.rows if r.index == tuple(row_index)]
-        if block is not None:
-            match = [r for r in match if r.block == block]
-        cols = [i for i, c in enumerate(self.columns) if self.header(c) == header]
-        if len(match) != 1 or len(cols) != 1:
-            raise KeyError(f"{self.name}: {len(match)} rows {row_index!r} and {len(cols)} columns {header!r}")
-        return match[0].cells[cols[0]]
-
-    def _blocks(self) -> list[tuple[str | None, list[Row]]]:
-        out: list[tuple[str | None, list[Row]]] = []
-        for row in self.rows:
-            if not out or out[-1][0] != row.block:
-                out.append((row.block, []))
-            out[-1][1].append(row)
-        return out
-
-    @staticmethod
-    def _shown_index(rows: list[Row]) -> list[list[str]]:
-        """Index labels with repeats of the leading levels blanked, as the paper prints them."""
-        out, prev = [], None
-        for row in rows:
-            labels = list(row.index)
-            if prev is not None:
-                for i in range(len(labels) - 1):
-                    if row.index[: i + 1] != prev[: i + 1]:
-                        break
-                    labels[i] = ""
-            prev = row.index
-            out.append(labels)
-        return out
-
-    # -- renderers --
-    def to_markdown(self) -> str:
-        heads = list(self.index_names) + [self.header(c) for c in self.columns]
-        lines = [f"### {_md(self.title)}", "", "| " + " | ".join(_md(h) for h in heads) + " |",
-                 "|" + "|".join([":---"] * len(self.index_names) + ["---:"] * len(self.columns)) + "|"]
-        for block, rows in self._blocks():
-            if block is not None:
-                lines.append("| " + " | ".join([f"**{_md(block)}**"] + [""] * (len(heads) - 1)) + " |")
-            for labels, row in zip(self._shown_index(rows), rows):
-                cells = [f"**{c.text()}**" if c.bold else c.text() for c in row.cells]
-                lines.append("| " + " | ".join([_md(x) for x in labels] + cells) + " |")
-        if not self.rows:
-            lines.append("| " + " | ".join(["(no rows)"] + [""] * (len(heads) - 1)) + " |")
-        lines += ["", _md(self.caption), ""]
-        return "\n".join(lines)
-
-    def to_latex(self) -> str:
-        ni, nc = len(self.index_names), len(self.columns)
-        env = "table*" if ni + nc > 7 else "table"
-        out = [f"\\begin{{{env}}}[t]", "\\centering", "\\small",
-               f"\\caption{{\\textbf{{{_tex(self.title)}.}} {_tex(self.caption)}}}",
-               f"\\label{{tab:{self.name.replace('_', '-')}}}",
-               "\\begin{tabular}{" + "l" * ni + "c" * nc + "}", "\\toprule"]
-        if any(c.group for c in self.columns):
-            spans: list[tuple[str, int, int]] = []  # group, first column (1-based), last
-            for i, c in enumerate(self.columns):
-                pos = ni + i + 1
-                if spans and spans[-1][0] == c.group and spans[-1][2] == pos - 1:
-                    spans[-1] = (c.group, spans[-1][1], pos)
-                else:
-                    spans.append((c.group, pos, pos))
-            top, rules = [""] * ni, []
-            for group, a, b in spans:
-                top.append(f"\\multicolumn{{{b - a + 1}}}{{c}}{{{_tex(group)}}}" if group else "")
-                if group:
-                    rules.append(f"\\cmidrule(lr){{{a}-{b}}}")
-            out.append(" & ".join(top) + " \\\\")
-            out.append(" ".join(rules))
-        out.append(" & ".join([_tex(x) for x in self.index_names] + [_tex(c.name) for c in self.columns]) + " \\\\")
-        out.append("\\midrule")
-        width = ni + nc
-        for k, (block, rows) in enumerate(self._blocks()):
-            if block is not None:
-                if k:
-                    out.append("\\midrule")
-                out.append(f"\\multicolumn{{{width}}}{{l}}{{\\textit{{{_tex(block)}}}}} \\\\")
-            for labels, row in zip(self._shown_index(rows), rows):
-                cells = []
-                for c in row.cells:
-                    t = _tex(c.text())
-                    cells.append(f"\\textbf{{{t}}}" if c.bold else t)
-                out.append(" & ".join([_tex(x) for x in labels] + cells) + " \\\\")
-        if not self.rows:
-            out.append(f"\\multicolumn{{{width}}}{{l}}{{(no rows)}} \\\\")
-        out += ["\\bottomrule", "\\end{tabular}", f"\\end{{{env}}}", ""]
-        return "\n".join(out)
-
-    def to_csv(self) -> str:
-        """One line per row: block (if any), the index labels, then mean, std (percent) and n per column."""
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        has_block = any(r.block is not None for r in self.rows)
-        head = (["block"] if has_block else []) + list(self.index_names)
-        for c in self.columns:
-            h = self.header(c)
-            head += [f"{h} mean", f"{h} std", f"{h} n"]
-        w.writerow(head)
-        for row in self.rows:
-            line = ([row.block or ""] if has_block else []) + list(row.index)
-            for c in row.cells:
-                s = c.stat
-                if s is None:
-                    line += ["", "", ""]
-                else:
-                    line += [_csvnum(s.mean), _csvnum(s.std), s.n]
-            w.writerow(line)
-        return buf.getvalue()
-
-
-def _csvnum(x: float) -> str:
-    return "" if not math.isfinite(x) else f"{100 * x:.6g}"
-
-
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|")
-
-
-_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_TEX_UNICODE = {"±": r"$\pm$", "σ": r"$\sigma$", "ε": r"$\epsilon$", "–": "--", "—": "---", "≤": r"$\leq$",
-                "≥": r"$\geq$", "×": r"$\times$", "Δ": r"$\Delta$"}
-_TEX_RE = re.compile("|".join(re.escape(k) for k in list(_TEX_SPECIAL) + list(_TEX_UNICODE)))
-
-
-def _tex(text: str) -> str:
-    def sub(m: re.Match) -> str:
-        s = m.group(0)
-        return _TEX_SPECIAL.get(s) or _TEX_UNICODE[s]
-
-    return _TEX_RE.sub(sub, str(text))
-
-
-def _bold_best(cells: Iterable[TableCell]) -> None:
-    """Bold the cells with the highest mean at display precision (ties: all)."""
-    cells = [c for c in cells if c.stat is not None and c.stat.n > 0 and math.isfinite(c.stat.mean)]
-    if len(cells) < 2:
-        return
-    best = max(round(100 * c.stat.mean, 2) for c in cells)
-    for c in cells:
-        c.bold = round(100 * c.stat.mean, 2) == best
 
 
 # -- aggregated results -----------------------------------------------------------------------------
@@ -358,14 +112,18 @@ def _attack_key(s: AttackSetting | None) -> tuple:
     return ("pgd", int(s.steps), round(float(s.eps) * 255, 4), round(float(s.step_size), 8), int(s.restarts))
 
 
-def _int_col(series: pd.Series) -> np.ndarray:
+def _int_col(series) -> np.ndarray:
+    import pandas as pd
+
     return pd.to_numeric(series, errors="coerce").fillna(-1).astype("int64").to_numpy()
 
 
 class _Results:
     """Student statistics per (dataset, cell, metric, attack) and the selected teachers, for one table."""
 
-    def __init__(self, frame: pd.DataFrame, metrics: Iterable[str], who: str):
+    def __init__(self, frame, metrics: Iterable[str], who: str):
+        import pandas as pd
+
         if not isinstance(frame, pd.DataFrame):
             raise NoiseKDError(f"{who}: expected a pandas DataFrame of result rows, got {type(frame).__name__}")
         missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -450,7 +208,8 @@ def _sigma_sort(keys: Iterable[str]) -> list[str]:
 # -- tables ---------------------------------------------------------------------------------------
 
 
-def table1(frame: pd.DataFrame, ctx) -> Table:
+@table("table1", experiment="table1", reads={"eval", "teacher"})
+def table1(frame, ctx) -> Table:
     who, layout = "table1", ctx.tables.get("table1", {})
     title = "Table 1: Fickle Teacher and knowledge distillation methods"
     if not layout:
@@ -470,13 +229,13 @@ def table1(frame: pd.DataFrame, ctx) -> Table:
         if res.has(d, MCA):
             specs.append((d, MCA))
             columns.append(Column("mCA", group))
-    names = list(dict.fromkeys(n for cells in layout.values() for n in cells))
+    names = list(dict.fromkeys(n for rows_ in layout.values() for n in rows_.cells))
     rows = []
     for name in names:
-        label = next(cell_label(ctx.cell(d, name)) for d in layout if name in layout[d])
+        label = next(cell_label(ctx.cell(d, name)) for d in layout if name in layout[d].cells)
         cells = []
         for d, what in specs:
-            if name not in layout[d]:
+            if name not in layout[d].cells:
                 cells.append(TableCell())
             elif what == "teacher":
                 cells.append(TableCell(res.teacher(d, ctx.cell(d, name).teacher_kind, "test_acc")))
@@ -485,7 +244,7 @@ def table1(frame: pd.DataFrame, ctx) -> Table:
         rows.append(Row((label,), cells))
     for j, (_, what) in enumerate(specs):
         if what != "teacher":
-            _bold_best(r.cells[j] for r in rows)
+            bold_best(r.cells[j] for r in rows)
     caption = (
         "Fickle Teacher (FT-x: the student distils from a teacher trained with dropout x, dropout kept "
         "active during distillation) against Hinton KD and feature/relational distillation methods. "
@@ -497,13 +256,15 @@ def table1(frame: pd.DataFrame, ctx) -> Table:
     return Table("table1", title, caption, ("Method",), columns, rows)
 
 
-def table2(frame: pd.DataFrame, ctx) -> Table:
+@table("table2", experiment="table2", reads={"eval"})
+def table2(frame, ctx) -> Table:
     who, layout = "table2", ctx.tables.get("table2", {})
     title = "Table 2: +Hinton (+H) vs +Fickle Teacher (+FT) on top of other distillation methods"
     if not layout:
         return _empty("table2", title, "Table 2 is not part of this configuration.", ("Method",))
     res = _Results(frame, ("test_acc", "ood_acc"), who)
-    dropouts = {_num(ctx.cell(d, trip[2]).params.get("dropout", 0)) for d in layout for trip in layout[d].values()}
+    dropouts = {format_number(ctx.cell(d, trio[2]).params.get("dropout", 0))
+                for d in layout for trio in layout[d].rows.values()}
     ft = f"+FT-{dropouts.pop()}" if len(dropouts) == 1 else "+FT"
     metrics = [("test_acc", "Test Acc.")]
     if any(res.has(d, "ood_acc") for d in layout):
@@ -513,14 +274,14 @@ def table2(frame: pd.DataFrame, ctx) -> Table:
     rows = []
     multi = len(layout) > 1
     for d, grid in layout.items():
-        for feature, trip in grid.items():
+        for feature, trio in grid.rows.items():
             cells = []
             for metric, _ in metrics:
                 group = []
-                for name in trip:
+                for name in trio:
                     c = TableCell(res.get(d, name, metric) if res.has(d, metric) else None)
                     group.append(c)
-                _bold_best(group)
+                bold_best(group)
                 cells += group
             rows.append(Row((method_label(feature),), cells, dataset_label(d) if multi else None))
     ds = ", ".join(dataset_label(d) for d in layout)
@@ -530,7 +291,8 @@ def table2(frame: pd.DataFrame, ctx) -> Table:
     return Table("table2", title, caption, ("Method",), columns, rows)
 
 
-def table3(frame: pd.DataFrame, ctx) -> Table:
+@table("table3", experiment="soft_randomization", reads={"eval"})
+def table3(frame, ctx) -> Table:
     who, layout = "table3", ctx.tables.get("soft_randomization", {})
     title = "Table 3: Soft Randomization (SR) vs Gaussian Augmentation (GA), generalization"
     if not layout:
@@ -546,12 +308,12 @@ def table3(frame: pd.DataFrame, ctx) -> Table:
         head = f"{dataset_label(d)} " + ("Test Acc." if metric == "test_acc" else _ood_label(ctx, d))
         columns += [Column("GA", head), Column("SR", head)]
     rows = []
-    for s in _sigma_sort(s for d in layout for s in layout[d]["pairs"]):
+    for s in _sigma_sort(s for d in layout for s in layout[d].pairs):
         cells = []
         for d, metric in groups:
-            pair = layout[d]["pairs"].get(s)
+            pair = layout[d].pairs.get(s)
             group = [TableCell(res.get(d, name, metric)) for name in pair] if pair else [TableCell(), TableCell()]
-            _bold_best(group)
+            bold_best(group)
             cells += group
         rows.append(Row((s,), cells))
     caption = ("Students trained on inputs with Gaussian noise of std σ (pixel scale [0, 1]): alone with "
@@ -560,8 +322,8 @@ def table3(frame: pd.DataFrame, ctx) -> Table:
     return Table("table3", title, caption, ("σ",), columns, rows)
 
 
-def _attack_table(frame: pd.DataFrame, ctx, key: str) -> Table:
-    layout = {d: v for d, v in ctx.tables.get(key, {}).items() if v}
+def _attack_table(frame, ctx, key: str) -> Table:
+    layout = {d: v for d, v in ctx.tables.get(key, {}).items() if v.pairs}
     if key == "table4":
         attacks = ctx.table4_attacks
         title = f"Table 4: robust accuracy vs PGD steps (ε = {_eps255(ctx.pgd20.eps)}/255)"
@@ -588,14 +350,14 @@ def _attack_table(frame: pd.DataFrame, ctx, key: str) -> Table:
     rows = []
     for metric, block in blocks:
         for d, sigmas in layout.items():
-            for s in _sigma_sort(sigmas):
-                pair = sigmas[s]
+            for s in sigmas.sigmas():
+                pair = sigmas.pairs[s]
                 pair_rows = [Row((dataset_label(d), s, method_label(ctx.cell(d, name).method)),
                                  [TableCell(res.get(d, name, metric, a)) for a in attacks], block) for name in pair]
                 for j in range(len(attacks)):
-                    _bold_best(r.cells[j] for r in pair_rows)
+                    bold_best(r.cells[j] for r in pair_rows)
                 rows += pair_rows
-    caption = (f"GA vs SR students under {what}; step size {_num(a0.step_size)}, {a0.restarts} random restarts. "
+    caption = (f"GA vs SR students under {what}; step size {format_number(a0.step_size)}, {a0.restarts} random restarts. "
                "First block: per-sample worst case over the restarts (robust_acc_worst_of_restarts). Second "
                "block: the paper authors' aggregate, the lowest accuracy among the independent whole-test-set "
                f"runs (robust_acc_min_over_runs), never below the first. {_seeds_note(ctx)}; the better of GA "
@@ -603,15 +365,18 @@ def _attack_table(frame: pd.DataFrame, ctx, key: str) -> Table:
     return Table(key, title, caption, index, columns, rows)
 
 
-def table4(frame: pd.DataFrame, ctx) -> Table:
+@table("table4", experiment="table4", reads={"attack"})
+def table4(frame, ctx) -> Table:
     return _attack_table(frame, ctx, "table4")
 
 
-def table5(frame: pd.DataFrame, ctx) -> Table:
+@table("table5", experiment="table5", reads={"attack"})
+def table5(frame, ctx) -> Table:
     return _attack_table(frame, ctx, "table5")
 
 
-def table_s1(frame: pd.DataFrame, ctx) -> Table:
+@table("table_s1", experiment="soft_randomization", reads={"attack"})
+def table_s1(frame, ctx) -> Table:
     who, layout = "table_s1", ctx.tables.get("soft_randomization", {})
     a = ctx.pgd20
     title = f"Table S1: PGD-{a.steps} robust accuracy of GA vs SR (values of Figure 2)"
@@ -621,12 +386,12 @@ def table_s1(frame: pd.DataFrame, ctx) -> Table:
     columns = [Column(m, dataset_label(d)) for d in layout for m in ("GA", "SR")]
     rows = []
     for metric, block in ((WORST, "Worst of restarts"), (MIN_RUNS, "Min over runs (authors' aggregate)")):
-        for s in _sigma_sort(s for d in layout for s in layout[d]["pairs"]):
+        for s in _sigma_sort(s for d in layout for s in layout[d].pairs):
             cells = []
             for d in layout:
-                pair = layout[d]["pairs"].get(s)
+                pair = layout[d].pairs.get(s)
                 group = [TableCell(res.get(d, n, metric, a)) for n in pair] if pair else [TableCell(), TableCell()]
-                _bold_best(group)
+                bold_best(group)
                 cells += group
             rows.append(Row((s,), cells, block))
     caption = (f"Robust accuracy under {_attack_desc(a)} of students trained with Gaussian noise σ alone (GA) "
@@ -636,7 +401,7 @@ def table_s1(frame: pd.DataFrame, ctx) -> Table:
     return Table(who, title, caption, ("σ",), columns, rows)
 
 
-def _mc_table(frame: pd.DataFrame, ctx, metric: str, who: str) -> Table:
+def _mc_table(frame, ctx, metric: str, who: str) -> Table:
     layout = ctx.tables.get("messy_collaboration", {})
     index = ("Label corruption",)
     if metric == "test_acc":
@@ -650,17 +415,17 @@ def _mc_table(frame: pd.DataFrame, ctx, metric: str, who: str) -> Table:
     if not datasets:
         return _empty(who, title, "No dataset of the Messy Collaboration experiment has out-of-distribution rows.",
                       index)
-    mc_rates = _sigma_sort(k for d in datasets for g in layout[d].values() for k in g if k not in ("baseline", "hinton"))
+    mc_rates = _sigma_sort(r for d in datasets for r in layout[d].mc_rates())
     columns = [Column("Teacher"), Column("Baseline"), Column("Hinton (r=0)")] + [Column(f"MC r={r}") for r in mc_rates]
     rows = []
     for d in datasets:
-        for rate in _sigma_sort(layout[d]):
-            g = layout[d][rate]
-            kind = ctx.cell(d, g["hinton"]).teacher_kind
+        for rate in layout[d].rates():
+            g = layout[d].rows[rate]
+            kind = ctx.cell(d, g.hinton).teacher_kind
             cells = [TableCell(res.teacher(d, kind, metric))]
-            students = [TableCell(res.get(d, g["baseline"], metric)), TableCell(res.get(d, g["hinton"], metric))]
-            students += [TableCell(res.get(d, g[r], metric)) if r in g else TableCell() for r in mc_rates]
-            _bold_best(students)
+            students = [TableCell(res.get(d, g.baseline, metric)), TableCell(res.get(d, g.hinton, metric))]
+            students += [TableCell(res.get(d, g.mc[r], metric)) if r in g.mc else TableCell() for r in mc_rates]
+            bold_best(students)
             rows.append(Row((rate,), cells + students, dataset_label(d)))
     what = "Test accuracy" if metric == "test_acc" else "Out-of-distribution accuracy"
     caption = (f"{what} of students trained on labels of which the given fraction is corrupted (static, "
@@ -670,15 +435,18 @@ def _mc_table(frame: pd.DataFrame, ctx, metric: str, who: str) -> Table:
     return Table(who, title, caption, index, columns, rows)
 
 
-def table_s2_s3(frame: pd.DataFrame, ctx) -> Table:
+@table("table_s2_s3", experiment="messy_collaboration", reads={"eval", "teacher"})
+def table_s2_s3(frame, ctx) -> Table:
     return _mc_table(frame, ctx, "test_acc", "table_s2_s3")
 
 
-def table_s4(frame: pd.DataFrame, ctx) -> Table:
+@table("table_s4", experiment="messy_collaboration", reads={"eval", "teacher"})
+def table_s4(frame, ctx) -> Table:
     return _mc_table(frame, ctx, "ood_acc", "table_s4")
 
 
-def table_related(frame: pd.DataFrame, ctx) -> Table:
+@table("table_related", experiment="related", reads={"eval", "attack"})
+def table_related(frame, ctx) -> Table:
     who, layout = "table_related", ctx.tables.get("related", {})
     a = ctx.pgd20
     title = "Related methods: Hinton, Fickle Teacher, GA, SR, clean→noisy feature mimicry and Noisy Teacher"
@@ -698,7 +466,7 @@ def table_related(frame: pd.DataFrame, ctx) -> Table:
     rows = []
     for d, names in layout.items():
         block_rows = []
-        for name in names:
+        for name in names.cells:
             cell = ctx.cell(d, name)
             cells = []
             for metric, _ in metrics:
@@ -709,7 +477,7 @@ def table_related(frame: pd.DataFrame, ctx) -> Table:
                     cells.append(TableCell(res.get(d, name, metric) if res.has(d, metric) else None))
             block_rows.append(Row((cell_label(cell),), cells, dataset_label(d) if multi else None))
         for j in range(len(metrics)):
-            _bold_best(r.cells[j] for r in block_rows)
+            bold_best(r.cells[j] for r in block_rows)
         rows += block_rows
     ds = ", ".join(dataset_label(d) for d in layout)
     caption = (f"{ds}. The paper's methods beside related noise-based distillation: clean-to-noisy feature "
@@ -722,35 +490,35 @@ def table_related(frame: pd.DataFrame, ctx) -> Table:
     return Table(who, title, caption, ("Method",), columns, rows)
 
 
-TABLES: dict[str, Callable[[pd.DataFrame, object], Table]] = {
-    "table1": table1,
-    "table2": table2,
-    "table3": table3,
-    "table4": table4,
-    "table5": table5,
-    "table_s1": table_s1,
-    "table_s2_s3": table_s2_s3,
-    "table_s4": table_s4,
-    "table_related": table_related,
-}
-
-
 # -- figures --------------------------------------------------------------------------------------
 
 PANEL_W, PANEL_H = 3.4, 2.7  # inches: one panel is one column of a two-column paper
 
 
+def _plotting():
+    """matplotlib (headless) and seaborn, loaded when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    return plt, sns
+
+
 def _style():
+    _, sns = _plotting()
     return sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.0)
 
 
-def _figure(n_panels: int, width: float = PANEL_W, height: float = PANEL_H) -> tuple[Figure, list]:
+def _figure(n_panels: int, width: float = PANEL_W, height: float = PANEL_H) -> tuple:
+    plt, _ = _plotting()
     fig, axes = plt.subplots(1, max(n_panels, 1), figsize=(width * max(n_panels, 1), height),
                              layout="constrained", squeeze=False)
     return fig, list(axes[0])
 
 
-def _message_figure(title: str, message: str) -> Figure:
+def _message_figure(title: str, message: str):
     ax_style, rc_style = _style()
     with ax_style, rc_style:
         fig, (ax,) = _figure(1)
@@ -760,21 +528,23 @@ def _message_figure(title: str, message: str) -> Figure:
     return fig
 
 
-def figure2(frame: pd.DataFrame, ctx) -> Figure:
-    layout = {d: v for d, v in ctx.tables.get("soft_randomization", {}).items() if v["pairs"]}
+@figure("figure2", experiment="soft_randomization", reads={"attack"})
+def figure2(frame, ctx):
+    layout = {d: v for d, v in ctx.tables.get("soft_randomization", {}).items() if v.pairs}
     if not layout:
         return _message_figure("Figure 2", "Soft Randomization is not part of this configuration.")
     a = ctx.pgd20
     res = _Results(frame, (MIN_RUNS,), "figure2")  # the paper's aggregate: worst of the restart runs
+    _, sns = _plotting()
     colors = sns.color_palette("colorblind")
     ax_style, rc_style = _style()
     with ax_style, rc_style:
         fig, axes = _figure(len(layout))
         for ax, (d, v) in zip(axes, layout.items()):
-            sigmas = _sigma_sort(v["pairs"])
+            sigmas = v.sigmas()
             x = np.arange(len(sigmas))
             for j, color, marker in ((0, colors[7], "s"), (1, colors[1], "o")):
-                names = [v["pairs"][s][j] for s in sigmas]
+                names = [v.pairs[s][j] for s in sigmas]
                 stats = [res.get(d, n, MIN_RUNS, a) for n in names]
                 mean = 100 * np.array([s.mean for s in stats])
                 std = 100 * np.nan_to_num(np.array([s.std for s in stats]))
@@ -791,11 +561,15 @@ def figure2(frame: pd.DataFrame, ctx) -> Figure:
     return fig
 
 
-def figure3(frame: pd.DataFrame, ctx) -> Figure:
+@figure("figure3", experiment="soft_randomization", reads={"eval"})
+def figure3(frame, ctx):
     layout = ctx.tables.get("soft_randomization", {})
     title = "Figure 3"
     if not layout:
         return _message_figure(title, "Soft Randomization is not part of this configuration.")
+    import pandas as pd
+
+    plt, sns = _plotting()
     datasets = list(layout)
     sub = frame.loc[(frame["role"] == "student") & (frame["metric"] == CORRUPTION_ACC)
                     & frame["dataset"].isin(datasets)]
@@ -809,7 +583,7 @@ def figure3(frame: pd.DataFrame, ctx) -> Figure:
     panels = []
     for d in datasets:
         v = layout[d]
-        names = [v["hinton"]] + [v["pairs"][s][1] for s in _sigma_sort(v["pairs"])]
+        names = [v.hinton] + [v.pairs[s][1] for s in v.sigmas()]
         found = set(per.loc[d].index.get_level_values("corruption"))
         order = [c for c in CORRUPTIONS if c in found] + sorted(found - set(CORRUPTIONS))
         acc = np.full((len(names), len(order)), np.nan)
@@ -850,7 +624,7 @@ def figure3(frame: pd.DataFrame, ctx) -> Figure:
     return fig
 
 
-def _mc_figure(frame: pd.DataFrame, ctx, metric: str, who: str) -> Figure:
+def _mc_figure(frame, ctx, metric: str, who: str):
     layout = ctx.tables.get("messy_collaboration", {})
     name = "Figure 4" if metric == "test_acc" else "Figure 5"
     if not layout:
@@ -859,15 +633,16 @@ def _mc_figure(frame: pd.DataFrame, ctx, metric: str, who: str) -> Figure:
     datasets = [d for d in layout if metric == "test_acc" or res.has(d, metric)]
     if not datasets:
         return _message_figure(name, "No dataset of the Messy Collaboration experiment has out-of-distribution rows.")
+    _, sns = _plotting()
     ax_style, rc_style = _style()
     with ax_style, rc_style:
         fig, axes = _figure(len(datasets), height=PANEL_H + 0.2)
         handles: dict[str, object] = {}
         for ax, d in zip(axes, datasets):
             grid = layout[d]
-            rates = _sigma_sort(grid)
+            rates = grid.rates()
             x = np.array([float(r) for r in rates])
-            mc_rates = _sigma_sort(k for g in grid.values() for k in g if k not in ("baseline", "hinton"))
+            mc_rates = grid.mc_rates()
             mc_colors = sns.color_palette("flare", len(mc_rates)) if mc_rates else []
             base = sns.color_palette("colorblind")
             series = [("Teacher", None, "black", "s", "--"), ("Baseline", "baseline", base[7], "v", "-"),
@@ -877,11 +652,12 @@ def _mc_figure(frame: pd.DataFrame, ctx, metric: str, who: str) -> Figure:
             for i, (label, key, color, marker, ls) in enumerate(series):
                 xs, ms, sds = [], [], []
                 for r, xv in zip(rates, x):
-                    g = grid[r]
+                    g = grid.rows[r]
+                    cell = {"baseline": g.baseline, "hinton": g.hinton, **g.mc}.get(key)
                     if key is None:
-                        st = res.teacher(d, ctx.cell(d, g["hinton"]).teacher_kind, metric)
-                    elif key in g:
-                        st = res.get(d, g[key], metric)
+                        st = res.teacher(d, ctx.cell(d, g.hinton).teacher_kind, metric)
+                    elif cell is not None:
+                        st = res.get(d, cell, metric)
                     else:
                         continue
                     xs.append(xv)
@@ -905,44 +681,16 @@ def _mc_figure(frame: pd.DataFrame, ctx, metric: str, who: str) -> Figure:
     return fig
 
 
-def figure4(frame: pd.DataFrame, ctx) -> Figure:
+@figure("figure4", experiment="messy_collaboration", reads={"eval", "teacher"})
+def figure4(frame, ctx):
     return _mc_figure(frame, ctx, "test_acc", "figure4")
 
 
-def figure5(frame: pd.DataFrame, ctx) -> Figure:
+@figure("figure5", experiment="messy_collaboration", reads={"eval", "teacher"})
+def figure5(frame, ctx):
     return _mc_figure(frame, ctx, "ood_acc", "figure5")
 
 
-FIGURES: dict[str, Callable[[pd.DataFrame, object], Figure]] = {
-    "figure2": figure2,
-    "figure3": figure3,
-    "figure4": figure4,
-    "figure5": figure5,
-}
-
-
-# -- output ---------------------------------------------------------------------------------------
-
-
-def write_table(table: Table, md_path=None, tex_path=None, csv_path=None) -> None:
-    """Write the Markdown, LaTeX and CSV renderings (each path optional), each atomically."""
-    for path, render in ((md_path, table.to_markdown), (tex_path, table.to_latex), (csv_path, table.to_csv)):
-        if path is None:
-            continue
-        text = render()
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(text, encoding="utf-8")
-
-
-def write_figure(fig: Figure, png_path=None, pdf_path=None, dpi: int = 200) -> None:
-    """Save as PNG and PDF (each path optional), atomically and reproducibly; always closes the figure."""
-    try:
-        for path, fmt, meta in ((png_path, "png", {"Software": None}),
-                                (pdf_path, "pdf", {"CreationDate": None, "Creator": None, "Producer": None})):
-            if path is None:
-                continue
-            with atomic_path(path) as tmp:
-                # tight: a legend wider than a one-panel figure must not be cut off
-                fig.savefig(tmp, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight", pad_inches=0.05)
-    finally:
-        plt.close(fig)
+# The paper's tables and figures by name (the registry, noisekd.plan.reports(), also holds any added since).
+TABLES = {name: build for name, build in ((n, r.build) for n, r in _REGISTERED.items() if r.kind == "table")}
+FIGURES = {name: build for name, build in ((n, r.build) for n, r in _REGISTERED.items() if r.kind == "figure")}
