@@ -31,3 +31,12 @@ include: "rules/students.smk"
 include: "rules/evaluation.smk"
 include: "rules/linear_study.smk"
 include: "rules/report.smk"
+
+
+# `snakemake` without a target builds all_tables (Snakemake ignores a default_target set in an
+# included file).
+rule default:
+    default_target: True
+    input:
+        rules.all_tables.input,
+    localrule: True

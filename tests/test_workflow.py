@@ -197,3 +197,8 @@ def test_the_snakefile_parses_and_plans_without_torch(tmp_path):
     (broken / "__init__.py").write_text('raise ImportError("planning imported torch")\n')
     proc = snakemake("-n", "--cores", "1", "all_tables", env={"PYTHONPATH": str(tmp_path)})
     assert "train_students" in proc.stdout
+
+
+def test_snakemake_without_a_target_builds_every_table():
+    counts = job_counts(snakemake("-n", "--cores", "1").stdout)
+    assert counts["default"] == 1 and counts["train_students"] == 86 + 72 and counts["table"] == 9
