@@ -692,5 +692,5 @@ def figure5(frame, ctx):
 
 
 # The paper's tables and figures by name (the registry, noisekd.plan.reports(), also holds any added since).
-TABLES = {name: build for name, build in ((n, r.build) for n, r in _REGISTERED.items() if r.kind == "table")}
-FIGURES = {name: build for name, build in ((n, r.build) for n, r in _REGISTERED.items() if r.kind == "figure")}
+TABLES = {name: r.build for name, r in _REGISTERED.items() if r.kind == "table"}
+FIGURES = {name: r.build for name, r in _REGISTERED.items() if r.kind == "figure"}

@@ -209,16 +209,15 @@ def train_students(settings: dict, seeds: list[int], inputs: dict, outs: list[di
     """Every seed of one student cell, side by side on one GPU (one after another on a CPU); `name`
     (dataset, cell) goes into the run summaries.
 
-    The teacher is `inputs["teacher"]`: the selected teacher's model (its seed is `teacher_seed`) or,
-    for methods whose teacher gives only logits, its logits table (which records its seed)."""
+    The teacher is `inputs["teacher"]`, the selected teacher's model (its seed is `teacher_seed`), or
+    `inputs["teacher_logits"]`, its logits table (which records its seed), where the plan chose one."""
     device, train = _training_set(settings, inputs, runtime)
     method = get_method(settings["student"]["method"])
     params = MethodParams.from_dict(settings["student"]["method_params"])
     teacher, cached = None, None
     if method.teacher:
         aug = Augmentation(**settings["student"]["augmentation"])
-        teacher, cached, teacher_seed = _load_teacher(settings, inputs.get("teacher"), teacher_seed, train, aug,
-                                                      runtime, device)
+        teacher, cached, teacher_seed = _load_teacher(settings, inputs, teacher_seed, train, aug, runtime, device)
     _train_seeds("student", settings, seeds, train, outs, device, runtime, method, params, teacher, cached,
                  run_info={**(name or {}), "teacher_seed": teacher_seed},
                  finish=lambda model: {"teacher_seed": teacher_seed})
@@ -244,15 +243,14 @@ def _train_seeds(role: str, settings: dict, seeds: list[int], train: ImageData, 
     _train_side_by_side(run, seeds, outs, device)
 
 
-def _load_teacher(settings: dict, path: str | None, teacher_seed, train: ImageData, aug: Augmentation,
+def _load_teacher(settings: dict, inputs: dict, teacher_seed, train: ImageData, aug: Augmentation,
                   runtime: Runtime, device):
     """(teacher model or None, logits table or None, teacher seed) of a student job, refused unless
     the file is of the teacher these settings name (and of the selected seed, where one is given)."""
+    path = inputs.get("teacher_logits") or inputs.get("teacher")
     if not path:
         raise NoiseKDError(f"method {settings['student']['method']} needs a teacher, but the job was given none")
-    method = get_method(settings["student"]["method"])
-    params = MethodParams.from_dict(settings["student"]["method_params"])
-    if runtime.speed.get("cache_teacher_logits", True) and method.cacheable(params):
+    if inputs.get("teacher_logits"):
         precision, _ = resolve_numerics(TrainConfig.from_settings(settings["student"]["train"], runtime.speed, 0), device)
         cached, ident = teacher_logits.load(path, train, aug, precision, train.num_classes)
         teacher, found_settings, found_seed = None, ident.get("settings") or {}, ident.get("teacher_seed")
@@ -327,7 +325,7 @@ def compute_teacher_logits(settings: dict, teacher_seed: int, inputs: dict, out_
         raise NoiseKDError(f"teacher {inputs['model']} is of seed {found}, the selection names seed {teacher_seed}")
     train = load_image_data(inputs["train"]).to(device)
     aug = Augmentation(**settings["teacher"]["augmentation"])
-    numerics = TrainConfig.from_settings({**settings["teacher"]["train"], **settings["logits"]}, runtime.speed, 0)
+    numerics = TrainConfig.from_settings(settings["teacher"]["train"], runtime.speed, 0)
     precision, channels_last = resolve_numerics(numerics, device)
     logits = teacher_logits.compute(teacher, train, aug, precision, channels_last, runtime.eval_batch_size,
                                     log=log.info)
@@ -487,23 +485,18 @@ def _read_rows(paths: list[str]):
     return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
 
 
-def make_table(name: str, report: dict, expected: dict, by: str, runs: list[str], out: dict) -> None:
+def make_report(name: str, report: dict, expected: dict, by: str, runs: list[str], out: dict) -> None:
+    """One registered table (md, tex, csv) or figure (png, pdf), from result files checked first."""
     from .plan import ReportContext, reports
-    from .tables import write_table
+    from .tables import write_figure, write_table
 
     check_results(runs, expected, by)
-    table = reports()[name].build(_read_rows(runs), ReportContext.from_params(report))
-    write_table(table, out["md"], out["tex"], out["csv"])
-    log.info(f"{name} written from {len(runs)} result files")
-
-
-def make_figure(name: str, report: dict, expected: dict, by: str, runs: list[str], out: dict) -> None:
-    from .plan import ReportContext, reports
-    from .tables import write_figure
-
-    check_results(runs, expected, by)
-    figure = reports()[name].build(_read_rows(runs), ReportContext.from_params(report))
-    write_figure(figure, out["png"], out["pdf"])
+    registered = reports()[name]
+    built = registered.build(_read_rows(runs), ReportContext.from_params(report))
+    if registered.kind == "table":
+        write_table(built, out["md"], out["tex"], out["csv"])
+    else:
+        write_figure(built, out["png"], out["pdf"])
     log.info(f"{name} written from {len(runs)} result files")
 
 

@@ -160,7 +160,7 @@ SETTINGS_BLOCKS: dict[str, tuple[str, ...]] = {
     "prepare_corruptions": ("corruptions",),
     "corrupt_labels": ("labels",),
     "train_teachers": ("data", "labels", "teacher"),
-    "teacher_logits": ("data", "labels", "teacher", "logits"),
+    "teacher_logits": ("data", "labels", "teacher"),
     "evaluate_teacher": ("data", "labels", "teacher", "selection", "evaluation"),
     "train_students": ("data", "labels", "teacher", "student"),
     "evaluate_student": ("data", "labels", "teacher", "student", "seed", "evaluation"),
@@ -415,9 +415,8 @@ class Plan:
         return {**self.student_settings(dataset, cell), "seed": int(seed)}
 
     def teacher_logits_settings(self, dataset: str, kind: str) -> dict:
-        train = self.train_config(0)
-        return {**self.teacher_settings(dataset, kind),
-                "logits": {"precision": train.precision, "channels_last": train.channels_last}}
+        """The teacher's: its logits table uses the teacher block's augmentation and numerics."""
+        return self.teacher_settings(dataset, kind)
 
     def teacher_eval_settings(self, dataset: str, kind: str) -> dict:
         return {**self.teacher_settings(dataset, kind), "selection": {"by": self.config["teacher_selection"]["by"]},

@@ -99,10 +99,14 @@ def student_teacher(wildcards):
     """A cell's teacher: nothing, its logits table, or the selected teacher's model."""
     cell = PLAN.cell(wildcards.dataset, wildcards.cell)
     if cell.teacher_kind is None:
-        return []
+        return {}
     if PLAN.uses_teacher_logits(cell):
-        return L.teacher(wildcards.dataset, cell.teacher_kind, "train_logits.pt")
-    return _selected_model(wildcards.dataset, cell.teacher_kind)
+        return {
+            "teacher_logits": L.teacher(
+                wildcards.dataset, cell.teacher_kind, "train_logits.pt"
+            )
+        }
+    return {"teacher": _selected_model(wildcards.dataset, cell.teacher_kind)}
 
 
 def student_teacher_seed(wildcards):

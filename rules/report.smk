@@ -44,7 +44,7 @@ rule table:
         report=table_context,
         expected=table_expected,
     script:
-        "../workflow_scripts/make_table.py"
+        "../workflow_scripts/make_report.py"
 
 
 rule figure:
@@ -68,7 +68,7 @@ rule figure:
         report=table_context,
         expected=table_expected,
     script:
-        "../workflow_scripts/make_figure.py"
+        "../workflow_scripts/make_report.py"
 
 
 rule all_figures:

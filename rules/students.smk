@@ -5,7 +5,7 @@
 rule train_students:
     input:
         unpack(student_data),
-        teacher=student_teacher,
+        unpack(student_teacher),
     output:
         models=[L.student(D, C, s, "model.pt") for s in PLAN.student_seeds],
         summaries=[L.student(D, C, s, "summary.json") for s in PLAN.student_seeds],

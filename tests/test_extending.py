@@ -77,7 +77,7 @@ def test_a_registered_method_goes_from_the_config_to_a_table_row(toy_method, tmp
                                     {"model": teachers[seed]["model"], "train": data["train"]}, logits, RUNTIME)
     student = {"model": str(tmp_path / "s" / "model.pt"), "summary": str(tmp_path / "s" / "summary.json")}
     settings = plan.student_settings("digits", "toy")
-    pipeline.train_students(settings, [0], {"train": data["train"], "teacher": logits}, [student], RUNTIME)
+    pipeline.train_students(settings, [0], {"train": data["train"], "teacher_logits": logits}, [student], RUNTIME)
 
     # Its evaluation and the selected teacher's, then Table 1.
     eval_settings = plan.student_eval_settings("digits", "toy", 0)

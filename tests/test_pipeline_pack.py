@@ -123,8 +123,8 @@ def test_students_of_a_logits_table_train_like_students_of_the_live_teacher(setu
     settings = plan.student_settings("digits", "hinton")
     live, cached = _outs(tmp_path / "live", [0]), _outs(tmp_path / "cached", [0])
     train_students(settings, [0], {"train": data["train"], "teacher": model}, live,
-                   Runtime(threads=1, train_speed=(("cache_teacher_logits", False),)), teacher_seed=seed)
-    train_students(settings, [0], {"train": data["train"], "teacher": str(table)}, cached, RUNTIME)
+                   RUNTIME, teacher_seed=seed)
+    train_students(settings, [0], {"train": data["train"], "teacher_logits": str(table)}, cached, RUNTIME)
     for a, b in zip(_history(live[0]), _history(cached[0])):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
     summary = json.load(open(cached[0]["summary"]))
@@ -136,7 +136,8 @@ def test_students_of_a_logits_table_train_like_students_of_the_live_teacher(setu
                                {"model": model, "train": data["train"]}, str(tmp_path / "other.pt"), RUNTIME)
     other = {**settings, "teacher": {**settings["teacher"], "network": {**settings["teacher"]["network"], "depth": 16}}}
     with pytest.raises(NoiseKDError, match="was trained with teacher.network.depth = 10, this student's settings name 16"):
-        train_students(other, [0], {"train": data["train"], "teacher": str(table)}, _outs(tmp_path / "x", [0]), RUNTIME)
+        train_students(other, [0], {"train": data["train"], "teacher_logits": str(table)}, _outs(tmp_path / "x", [0]),
+                       RUNTIME)
 
 
 def test_compiling_jobs_share_torch_compile_caches_under_the_results_folder(setup, monkeypatch):

@@ -60,10 +60,8 @@ def planned_jobs(local_run: Path, *overrides: Path) -> set[tuple[str, str]]:
 
 def _name(rule: str, output: str, root: Path) -> str:
     parts = Path(output).relative_to(root).parts if output else ()
-    if rule in ("train_students", "evaluate_student", "attack_student"):
-        return parts[2]  # students/<dataset>/<cell>/seed<s>/...
-    if rule in ("train_teachers", "select_teacher", "evaluate_teacher", "teacher_logits"):
-        return parts[2]  # teachers/<dataset>/<kind>/...
+    if parts and parts[0] in ("students", "teachers"):
+        return parts[2]  # students/<dataset>/<cell>/... or teachers/<dataset>/<kind>/...
     if rule in ("table", "figure"):
         return Path(output).stem
     return rule

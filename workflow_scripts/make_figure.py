@@ -1,6 +1,0 @@
-import this_checkout  # noqa: F401, I001 (first: noisekd from this checkout)
-from noisekd.pipeline import make_figure, run_step
-
-s = snakemake  # noqa: F821 (injected by Snakemake)
-run_step(s, make_figure, name=s.wildcards.name, report=s.params.report, expected=s.params.expected,
-         by=s.config["teacher_selection"]["by"], runs=list(s.input.runs), out=dict(s.output.items()))
