@@ -405,9 +405,10 @@ def evaluate_teacher(settings: dict, dataset: str, kind: str, teacher_seed: int,
                      runtime: Runtime) -> None:
     """The selected teacher's metrics, plus every candidate seed's selection accuracy."""
     by = settings["selection"]["by"]
-    if selection.selected_seed(inputs["selection"], by) != teacher_seed:
-        raise NoiseKDError(f"{inputs['selection']} selects seed {selection.selected_seed(inputs['selection'], by)} "
-                           f"by {by} accuracy, this job was given seed {teacher_seed}")
+    selected = selection.selected_seed(inputs["selection"], by)
+    if selected != teacher_seed:
+        raise NoiseKDError(f"{inputs['selection']} selects seed {selected} by {by} accuracy, this job was given "
+                           f"seed {teacher_seed}")
     identity = teacher_identity(settings, dataset, kind, teacher_seed)
     candidates = [{**row, "run_id": f"{dataset}/teacher-{kind}/seed{row['seed']}"}
                   for row in selection.candidate_rows(inputs["selection"], by)]

@@ -414,10 +414,6 @@ class Plan:
     def student_run_settings(self, dataset: str, cell: str, seed: int) -> dict:
         return {**self.student_settings(dataset, cell), "seed": int(seed)}
 
-    def teacher_logits_settings(self, dataset: str, kind: str) -> dict:
-        """The teacher's: its logits table uses the teacher block's augmentation and numerics."""
-        return self.teacher_settings(dataset, kind)
-
     def teacher_eval_settings(self, dataset: str, kind: str) -> dict:
         return {**self.teacher_settings(dataset, kind), "selection": {"by": self.config["teacher_selection"]["by"]},
                 "evaluation": self._evaluation_block(dataset)}
@@ -437,7 +433,8 @@ class Plan:
             "prepare_corruptions": lambda: {"corruptions": self.corruption_settings(w["dataset"])},
             "corrupt_labels": lambda: {"labels": self.labels_settings(float(w["rate"]))},
             "train_teachers": lambda: self.teacher_settings(w["dataset"], w["kind"]),
-            "teacher_logits": lambda: self.teacher_logits_settings(w["dataset"], w["kind"]),
+            # a logits table is computed with its teacher's augmentation and numerics: the teacher's settings
+            "teacher_logits": lambda: self.teacher_settings(w["dataset"], w["kind"]),
             "evaluate_teacher": lambda: self.teacher_eval_settings(w["dataset"], w["kind"]),
             "train_students": lambda: self.student_settings(w["dataset"], w["cell"]),
             "evaluate_student": lambda: self.student_eval_settings(w["dataset"], w["cell"], int(w["seed"])),

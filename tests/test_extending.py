@@ -73,7 +73,7 @@ def test_a_registered_method_goes_from_the_config_to_a_table_row(toy_method, tmp
     pipeline.select_teacher([t["summary"] for t in teachers], str(tmp_path / "best.json"))
     seed = pipeline.selection.selected_seed(tmp_path / "best.json", "test")
     logits = str(tmp_path / "train_logits.pt")
-    pipeline.compute_teacher_logits(plan.teacher_logits_settings("digits", "plain"), seed,
+    pipeline.compute_teacher_logits(plan.teacher_settings("digits", "plain"), seed,
                                     {"model": teachers[seed]["model"], "train": data["train"]}, logits, RUNTIME)
     student = {"model": str(tmp_path / "s" / "model.pt"), "summary": str(tmp_path / "s" / "summary.json")}
     settings = plan.student_settings("digits", "toy")

@@ -118,7 +118,7 @@ def test_students_of_a_logits_table_train_like_students_of_the_live_teacher(setu
     teachers, best, seed = _teachers(plan, data, tmp_path)
     model = teachers[seed]["model"]
     table = tmp_path / "train_logits.pt"
-    compute_teacher_logits(plan.teacher_logits_settings("digits", "plain"), seed,
+    compute_teacher_logits(plan.teacher_settings("digits", "plain"), seed,
                            {"model": model, "train": data["train"]}, str(table), RUNTIME)
     settings = plan.student_settings("digits", "hinton")
     live, cached = _outs(tmp_path / "live", [0]), _outs(tmp_path / "cached", [0])
@@ -132,7 +132,7 @@ def test_students_of_a_logits_table_train_like_students_of_the_live_teacher(setu
     assert summary["settings"] == {**settings, "seed": 0}
 
     with pytest.raises(NoiseKDError, match=f"is of seed {seed}, the selection names seed {1 - seed}"):
-        compute_teacher_logits(plan.teacher_logits_settings("digits", "plain"), 1 - seed,
+        compute_teacher_logits(plan.teacher_settings("digits", "plain"), 1 - seed,
                                {"model": model, "train": data["train"]}, str(tmp_path / "other.pt"), RUNTIME)
     other = {**settings, "teacher": {**settings["teacher"], "network": {**settings["teacher"]["network"], "depth": 16}}}
     with pytest.raises(NoiseKDError, match="was trained with teacher.network.depth = 10, this student's settings name 16"):
