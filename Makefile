@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: setup demo test dry-run rulegraph clean-demo
+PRESET ?= presets/demo.yaml
+REPORT ?= results/demo/report.html
+
+.PHONY: setup demo report test dry-run rulegraph clean-demo
 
 setup: $(VENV)/.installed
 
@@ -14,8 +17,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: setup  ## every table and figure of the offline demo preset -> results/demo/
-	$(BIN)/snakemake --configfile presets/demo.yaml --cores $(CORES) all_tables
+demo: setup  ## every table and figure of the offline demo preset, and the HTML report -> results/demo/
+	$(BIN)/snakemake --configfile $(PRESET) --cores $(CORES) all_tables --report $(REPORT) --report-after-run
+
+report: setup  ## the HTML report (scorecard first, then tables and figures) of a finished run
+	$(BIN)/snakemake --configfile $(PRESET) --report $(REPORT)
 
 test: setup  ## the test suite (CI runs exactly this)
 	$(BIN)/pytest

@@ -18,6 +18,10 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# `snakemake --report report.html` (make report): the scorecard first, then tables and figures.
+report: "report/workflow.rst"
+
+
 # First a one-line error naming the offending key, then Snakemake's own check (fills defaults).
 check_config(config)
 validate(config, "schemas/config.schema.yaml")

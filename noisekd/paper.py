@@ -118,7 +118,7 @@ def _int_col(series) -> np.ndarray:
     return pd.to_numeric(series, errors="coerce").fillna(-1).astype("int64").to_numpy()
 
 
-class _Results:
+class Results:
     """Student statistics per (dataset, cell, metric, attack) and the selected teachers, for one table."""
 
     def __init__(self, frame, metrics: Iterable[str], who: str):
@@ -170,8 +170,11 @@ class _Results:
         """Whether the dataset has any student rows of this metric (else its columns are left out)."""
         return (dataset, metric) in self.present
 
+    def find(self, dataset: str, cell: str, metric: str, attack: AttackSetting | None = None) -> Stat | None:
+        return self.stats.get((dataset, cell, metric, *_attack_key(attack)))
+
     def get(self, dataset: str, cell: str, metric: str, attack: AttackSetting | None = None) -> Stat:
-        stat = self.stats.get((dataset, cell, metric, *_attack_key(attack)))
+        stat = self.find(dataset, cell, metric, attack)
         if stat is None:
             cond = f" at {_attack_desc(attack)}" if attack is not None else ""
             raise NoiseKDError(f"{self.who}: no {metric} rows for {dataset}/{cell}{cond}")
@@ -214,7 +217,7 @@ def table1(frame, ctx) -> Table:
     title = "Table 1: Fickle Teacher and knowledge distillation methods"
     if not layout:
         return _empty("table1", title, "Table 1 is not part of this configuration.", ("Method",))
-    res = _Results(frame, ("test_acc", "ood_acc", MCA), who)
+    res = Results(frame, ("test_acc", "ood_acc", MCA), who)
     columns: list[Column] = []
     specs: list[tuple[str, str]] = []  # (dataset, metric or "teacher")
     for d in layout:
@@ -262,7 +265,7 @@ def table2(frame, ctx) -> Table:
     title = "Table 2: +Hinton (+H) vs +Fickle Teacher (+FT) on top of other distillation methods"
     if not layout:
         return _empty("table2", title, "Table 2 is not part of this configuration.", ("Method",))
-    res = _Results(frame, ("test_acc", "ood_acc"), who)
+    res = Results(frame, ("test_acc", "ood_acc"), who)
     dropouts = {format_number(ctx.cell(d, trio[2]).params.get("dropout", 0))
                 for d in layout for trio in layout[d].rows.values()}
     ft = f"+FT-{dropouts.pop()}" if len(dropouts) == 1 else "+FT"
@@ -297,7 +300,7 @@ def table3(frame, ctx) -> Table:
     title = "Table 3: Soft Randomization (SR) vs Gaussian Augmentation (GA), generalization"
     if not layout:
         return _empty("table3", title, "Soft Randomization is not part of this configuration.", ("σ",))
-    res = _Results(frame, ("test_acc", "ood_acc"), who)
+    res = Results(frame, ("test_acc", "ood_acc"), who)
     groups: list[tuple[str, str]] = []
     for d in layout:
         groups.append((d, "test_acc"))
@@ -340,7 +343,7 @@ def _attack_table(frame, ctx, key: str) -> Table:
     index = ("Dataset", "σ", "Method")
     if not layout or not attacks:
         return _empty(key, title, f"{title.split(':')[0]} is not part of this configuration.", index)
-    res = _Results(frame, (WORST, MIN_RUNS), key)
+    res = Results(frame, (WORST, MIN_RUNS), key)
     columns = [Column(n, group) for n in names]
     a0 = attacks[0]
     blocks = [
@@ -382,7 +385,7 @@ def table_s1(frame, ctx) -> Table:
     title = f"Table S1: PGD-{a.steps} robust accuracy of GA vs SR (values of Figure 2)"
     if not layout:
         return _empty(who, title, "Soft Randomization is not part of this configuration.", ("σ",))
-    res = _Results(frame, (WORST, MIN_RUNS), who)
+    res = Results(frame, (WORST, MIN_RUNS), who)
     columns = [Column(m, dataset_label(d)) for d in layout for m in ("GA", "SR")]
     rows = []
     for metric, block in ((WORST, "Worst of restarts"), (MIN_RUNS, "Min over runs (authors' aggregate)")):
@@ -410,7 +413,7 @@ def _mc_table(frame, ctx, metric: str, who: str) -> Table:
         title = "Table S4: Messy Collaboration, out-of-distribution accuracy under label corruption (values of Figure 5)"
     if not layout:
         return _empty(who, title, "Messy Collaboration is not part of this configuration.", index)
-    res = _Results(frame, (metric,), who)
+    res = Results(frame, (metric,), who)
     datasets = [d for d in layout if metric == "test_acc" or res.has(d, metric)]
     if not datasets:
         return _empty(who, title, "No dataset of the Messy Collaboration experiment has out-of-distribution rows.",
@@ -453,7 +456,7 @@ def table_related(frame, ctx) -> Table:
     title = title.replace("→", " to ")
     if not layout:
         return _empty(who, title, "The related-methods comparison is not part of this configuration.", ("Method",))
-    res = _Results(frame, ("test_acc", "ood_acc", MCA, MIN_RUNS), who)
+    res = Results(frame, ("test_acc", "ood_acc", MCA, MIN_RUNS), who)
     metrics = [("test_acc", "Test Acc.")]
     if any(res.has(d, "ood_acc") for d in layout):
         oods = {_ood_label(ctx, d) for d in layout if res.has(d, "ood_acc")}
@@ -534,7 +537,7 @@ def figure2(frame, ctx):
     if not layout:
         return _message_figure("Figure 2", "Soft Randomization is not part of this configuration.")
     a = ctx.pgd20
-    res = _Results(frame, (MIN_RUNS,), "figure2")  # the paper's aggregate: worst of the restart runs
+    res = Results(frame, (MIN_RUNS,), "figure2")  # the paper's aggregate: worst of the restart runs
     _, sns = _plotting()
     colors = sns.color_palette("colorblind")
     ax_style, rc_style = _style()
@@ -575,7 +578,7 @@ def figure3(frame, ctx):
                     & frame["dataset"].isin(datasets)]
     per = sub.assign(value=pd.to_numeric(sub["value"], errors="coerce")).groupby(
         ["dataset", "cell", "corruption"], sort=False)["value"].mean()
-    res = _Results(frame, (MCA,), "figure3")
+    res = Results(frame, (MCA,), "figure3")
     datasets = [d for d in datasets if res.has(d, MCA) and d in per.index.get_level_values(0)]
     if not datasets:
         return _message_figure(title, "No dataset of the Soft Randomization experiment has corruption rows.")
@@ -629,7 +632,7 @@ def _mc_figure(frame, ctx, metric: str, who: str):
     name = "Figure 4" if metric == "test_acc" else "Figure 5"
     if not layout:
         return _message_figure(name, "Messy Collaboration is not part of this configuration.")
-    res = _Results(frame, (metric,), who)
+    res = Results(frame, (metric,), who)
     datasets = [d for d in layout if metric == "test_acc" or res.has(d, metric)]
     if not datasets:
         return _message_figure(name, "No dataset of the Messy Collaboration experiment has out-of-distribution rows.")

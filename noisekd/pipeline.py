@@ -495,10 +495,25 @@ def make_report(name: str, report: dict, expected: dict, by: str, runs: list[str
     registered = reports()[name]
     built = registered.build(_read_rows(runs), ReportContext.from_params(report))
     if registered.kind == "table":
-        write_table(built, out["md"], out["tex"], out["csv"])
+        write_table(built, out["md"], out["tex"], out["csv"], out["html"])
     else:
         write_figure(built, out["png"], out["pdf"])
     log.info(f"{name} written from {len(runs)} result files")
+
+
+def scorecard(metrics: str, published: str, report: dict, match: dict, out: dict) -> None:
+    """The paper's published values and claims beside this run's (noisekd.scorecard), from the aggregated
+    rows; every claim's verdict is logged with its numbers."""
+    import pandas as pd
+
+    from .plan import ReportContext
+    from .scorecard import write_scorecard
+
+    claims = write_scorecard(pd.read_parquet(metrics), ReportContext.from_params(report), published,
+                             match["std"], match["points"], out)
+    for r in claims:
+        numbers = "; ".join(c.text for c in r.comparisons) or r.why
+        log.info(f"claim {r.claim.name} on {r.dataset}: {r.verdict} ({r.held} hold): {numbers}")
 
 
 def linear_study(settings: dict, out: dict) -> None:
@@ -511,7 +526,7 @@ def linear_study(settings: dict, out: dict) -> None:
     for key, frame in (("results", results), ("curves", curves)):
         with atomic_path(out[key]) as tmp:
             frame.to_parquet(tmp, index=False)
-    write_table(ls.study_table(results), out["md"], out["tex"], out["csv"])
+    write_table(ls.study_table(results), out["md"], out["tex"], out["csv"], out["html"])
     write_figure(ls.study_figure(curves, results), out["png"], out["pdf"])
     log.info(f"linear study: {len(results)} result rows in {time.perf_counter() - t0:.1f}s")
 

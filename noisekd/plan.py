@@ -626,3 +626,13 @@ def report_context(plan: Plan, name: str) -> ReportContext:
     return ReportContext({report.experiment: layout}, cells, plan.pgd20 if attacks else None,
                          plan.table4_attacks if attacks else (), plan.table5_attacks if attacks else (), ood,
                          tuple(plan.student_seeds))
+
+
+def scorecard_context(plan: Plan) -> ReportContext:
+    """The scorecard's rule params: every experiment's layout and every cell with its attacks, since the
+    scorecard sets the whole run beside the paper."""
+    tables = {e: layout for e, layout in plan.tables.items() if layout}
+    cells = {d: dict(plan.cells(d)) for d in plan.datasets()}
+    ood = {d: (plan.ood_settings(d) or {}).get("source") for d in cells}
+    return ReportContext(tables, cells, plan.pgd20, plan.table4_attacks, plan.table5_attacks, ood,
+                         tuple(plan.student_seeds))

@@ -1,5 +1,5 @@
-"""The table model and its writers: a `Table` of mean ± std cells renders to Markdown, LaTeX (booktabs)
-and CSV; `write_table` and `write_figure` write tables and matplotlib figures atomically.
+"""The table model and its writers: a `Table` of mean ± std cells renders to Markdown, LaTeX (booktabs),
+CSV and HTML; `write_table` and `write_figure` write tables and matplotlib figures atomically.
 
 The paper's tables and figures (`noisekd.paper`) and the linear study build on these.
 """
@@ -7,14 +7,14 @@ The paper's tables and figures (`noisekd.paper`) and the linear study build on t
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .io import atomic_path
+from .io import atomic_path, write_bytes_atomic
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,11 @@ class Stat:
 class TableCell:
     stat: Stat | None = None  # None: not applicable, shown as "-"
     bold: bool = False
+    label: str | None = None  # a text cell (a verdict, a source) instead of a statistic
 
     def text(self) -> str:
+        if self.label is not None:
+            return self.label
         return "-" if self.stat is None else self.stat.text()
 
 
@@ -175,12 +178,66 @@ class Table:
             line = ([row.block or ""] if has_block else []) + list(row.index)
             for c in row.cells:
                 s = c.stat
-                if s is None:
+                if c.label is not None:
+                    line += [c.label, "", ""]
+                elif s is None:
                     line += ["", "", ""]
                 else:
                     line += [_csvnum(s.mean), _csvnum(s.std), s.n]
             w.writerow(line)
         return buf.getvalue()
+
+
+    def to_html(self) -> str:
+        """A <figure> holding the table (group headers spanning their columns, block headings, bold
+        best values) and its caption, for the HTML report."""
+        ni = len(self.index_names)
+        width = ni + len(self.columns)
+        out = [f'<figure class="table" id="{html.escape(self.name)}">', f"<h3>{html.escape(self.title)}</h3>",
+               "<table>", "<thead>"]
+        if any(c.group for c in self.columns):
+            top = [f'<th colspan="{ni}"></th>']
+            i = 0
+            while i < len(self.columns):
+                j = i
+                while j + 1 < len(self.columns) and self.columns[j + 1].group == self.columns[i].group:
+                    j += 1
+                top.append(f'<th colspan="{j - i + 1}">{html.escape(self.columns[i].group)}</th>')
+                i = j + 1
+            out.append("<tr>" + "".join(top) + "</tr>")
+        out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in self.index_names)
+                   + "".join(f"<th>{html.escape(c.name)}</th>" for c in self.columns) + "</tr>")
+        out += ["</thead>", "<tbody>"]
+        for block, rows in self._blocks():
+            if block is not None:
+                out.append(f'<tr class="block"><th colspan="{width}">{html.escape(block)}</th></tr>')
+            for labels, row in zip(self._shown_index(rows), rows):
+                cells = []
+                for c in row.cells:
+                    text = f"<strong>{html.escape(c.text())}</strong>" if c.bold else html.escape(c.text())
+                    cells.append(f'<td class="text">{text}</td>' if c.label is not None else f"<td>{text}</td>")
+                out.append("<tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in labels) + "".join(cells) + "</tr>")
+        if not self.rows:
+            out.append(f'<tr><td colspan="{width}">(no rows)</td></tr>')
+        out += ["</tbody>", "</table>", f"<figcaption>{html.escape(self.caption)}</figcaption>", "</figure>"]
+        return "\n".join(out)
+
+
+_PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}"
+    "table{border-collapse:collapse;font-size:0.9em;margin:0.5em 0}"
+    "th,td{border-bottom:1px solid #ddd;padding:0.25em 0.6em;text-align:right;vertical-align:top}"
+    "tbody th{text-align:left;font-weight:normal}thead th{text-align:center;border-bottom:2px solid #888}"
+    "td.text{text-align:left}tr.block th{text-align:left;font-style:italic;background:#f4f4f4}"
+    "img{max-width:100%}"
+    "figcaption{font-size:0.85em;color:#555;max-width:60em}"
+)
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML page (no external resources) around rendered parts."""
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+            f"<style>{_PAGE_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
 def _csvnum(x: float) -> str:
@@ -219,14 +276,12 @@ def bold_best(cells: Iterable[TableCell]) -> None:
 # -- output ---------------------------------------------------------------------------------------
 
 
-def write_table(table: Table, md_path=None, tex_path=None, csv_path=None) -> None:
-    """Write the Markdown, LaTeX and CSV renderings (each path optional), each atomically."""
-    for path, render in ((md_path, table.to_markdown), (tex_path, table.to_latex), (csv_path, table.to_csv)):
-        if path is None:
-            continue
-        text = render()
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(text, encoding="utf-8")
+def write_table(table: Table, md_path=None, tex_path=None, csv_path=None, html_path=None) -> None:
+    """Write the Markdown, LaTeX, CSV and HTML renderings (each path optional), each atomically."""
+    for path, render in ((md_path, table.to_markdown), (tex_path, table.to_latex), (csv_path, table.to_csv),
+                         (html_path, lambda: html_page(table.title, table.to_html()))):
+        if path is not None:
+            write_bytes_atomic(path, render().encode("utf-8"))
 
 
 def write_figure(fig, png_path=None, pdf_path=None, dpi: int = 200) -> None:

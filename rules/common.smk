@@ -2,10 +2,18 @@
 # All logic lives in noisekd.plan.Plan and every path in noisekd.layout.Layout; this file only turns
 # them into file lists and per-job settings.
 
+import os
+
 from snakemake.exceptions import IncompleteCheckpointException
 
 from noisekd import selection
-from noisekd.plan import SETTINGS_BLOCKS, report_context, report_files, selection_inputs
+from noisekd.plan import (
+    SETTINGS_BLOCKS,
+    report_context,
+    report_files,
+    scorecard_context,
+    selection_inputs,
+)
 
 
 wildcard_constraints:
@@ -18,6 +26,10 @@ wildcard_constraints:
 
 
 ENV = "../envs/noisekd.yaml"
+# The paper's numbers, as data (an input: editing them reruns the scorecard).
+PUBLISHED = os.path.relpath(
+    os.path.join(workflow.basedir, "report", "published", "paper.csv")
+)
 GPU = config["resources"]["gpu"]
 THREADS = config["resources"].get("threads", 1)
 L = PLAN.layout

@@ -3,16 +3,17 @@
 
 rule linear_study:
     output:
-        md=report(
-            L.table("linear_study", "md"),
-            category="Tables",
-            caption="../report/linear_study.rst",
-        ),
+        md=L.table("linear_study", "md"),
         tex=L.table("linear_study", "tex"),
         csv=L.table("linear_study", "csv"),
+        html=report(
+            L.table("linear_study", "html"),
+            category="4. Linear study",
+            caption="../report/linear_study.rst",
+        ),
         png=report(
             L.figure("linear_study", "png"),
-            category="Figures",
+            category="4. Linear study",
             caption="../report/linear_study.rst",
         ),
         pdf=L.figure("linear_study", "pdf"),

@@ -28,11 +28,14 @@ rule table:
     input:
         unpack(table_inputs),
     output:
-        md=report(
-            L.table("{name}", "md"), category="Tables", caption="../report/table.rst"
-        ),
+        md=L.table("{name}", "md"),
         tex=L.table("{name}", "tex"),
         csv=L.table("{name}", "csv"),
+        html=report(
+            L.table("{name}", "html"),
+            category="2. Tables",
+            caption="../report/table.rst",
+        ),
     log:
         L.log("table", "{name}"),
     wildcard_constraints:
@@ -53,7 +56,7 @@ rule figure:
     output:
         png=report(
             L.figure("{name}", "png"),
-            category="Figures",
+            category="3. Figures",
             caption="../report/figure.rst",
         ),
         pdf=L.figure("{name}", "pdf"),
@@ -71,6 +74,41 @@ rule figure:
         "../workflow_scripts/make_report.py"
 
 
+rule scorecard:
+    # The paper's published values (report/published/paper.csv) and claims beside this run's.
+    input:
+        metrics=L.metrics,
+        published=PUBLISHED,
+    output:
+        html=report(
+            L.table("scorecard", "html"),
+            category="1. Scorecard",
+            caption="../report/scorecard.rst",
+        ),
+        md=L.table("scorecard", "md"),
+        csv=L.table("scorecard", "csv"),
+        claims=L.table("claims", "csv"),
+        png=report(
+            L.figure("scorecard", "png"),
+            category="1. Scorecard",
+            caption="../report/scorecard_figure.rst",
+        ),
+        pdf=L.figure("scorecard", "pdf"),
+    log:
+        L.log("scorecard"),
+    localrule: True
+    conda:
+        ENV
+    params:
+        report=scorecard_context(PLAN).to_params(),
+        match={
+            "std": config["scorecard"]["match_std"],
+            "points": config["scorecard"]["match_points"],
+        },
+    script:
+        "../workflow_scripts/scorecard.py"
+
+
 rule all_figures:
     input:
         expand(L.figure("{name}", "png"), name=FIGURES),
@@ -78,13 +116,15 @@ rule all_figures:
 
 
 rule all_tables:
-    # The main target: every table and figure of the config, plus the aggregated metrics.
+    # The main target: every table and figure of the config (each file of each, so a rendering added
+    # later is built too), the scorecard, and the aggregated metrics.
     default_target: True
     input:
-        expand(L.table("{name}", "md"), name=TABLES),
+        expand(L.table("{name}", "{ext}"), name=TABLES, ext=("md", "html")),
         rules.all_figures.input,
         L.metrics,
-        rules.linear_study.output.md if "linear_study" in config else [],
+        rules.scorecard.output,
+        rules.linear_study.output if "linear_study" in config else [],
 
 
 for _name in TABLES:

@@ -39,9 +39,11 @@ def _counting_squeue(tmp_path: Path) -> tuple[dict, Path]:
 
 def _check_outputs(results: Path):
     for t in TABLES:
-        for ext in ("md", "tex", "csv"):
+        for ext in ("md", "tex", "csv", "html"):
             assert (results / "tables" / f"{t}.{ext}").stat().st_size > 0, f"{t}.{ext}"
-    for f in FIGURES:
+    for name in ("scorecard.md", "scorecard.html", "scorecard.csv", "claims.csv"):
+        assert (results / "tables" / name).stat().st_size > 0, name
+    for f in FIGURES + ["scorecard"]:
         for ext in ("png", "pdf"):
             assert (results / "figures" / f"{f}.{ext}").stat().st_size > 0, f"{f}.{ext}"
     metrics = pd.read_parquet(results / "metrics.parquet")
@@ -107,8 +109,8 @@ def test_ci_preset_through_slurm_matches_the_local_run(local_run, tmp_path):
     new_logs = set((ROOT / ".snakemake" / "slurm_logs").rglob("*.log")) - logs_before
     assert {p.stem for p in new_logs} & job_ids, "no SLURM job log named by a job id"
     # Training and evaluation are deterministic on CPU: the tables equal the local run's.
-    for t in TABLES:
-        for ext in ("md", "csv"):
+    for t in TABLES + ["scorecard", "claims"]:
+        for ext in ("md", "csv") if t != "claims" else ("csv",):
             local = (local_run / "tables" / f"{t}.{ext}").read_text()
             assert (results / "tables" / f"{t}.{ext}").read_text() == local, f"{t}.{ext} differs"
 
@@ -120,8 +122,14 @@ def test_snakemake_report_bundles_tables_and_figures(local_run, tmp_path):
     snakemake("all_tables", "--configfile", "presets/ci.yaml", str(override), "--report", str(out))
     import zipfile
 
-    names = zipfile.ZipFile(out).namelist()
-    assert any(n.endswith("table1.md") for n in names) and any(n.endswith("figure2.png") for n in names)
+    archive = zipfile.ZipFile(out)
+    names = archive.namelist()
+    assert any(n.endswith("table1.html") for n in names) and any(n.endswith("figure2.png") for n in names)
+    assert any(n.endswith("scorecard.html") for n in names) and any(n.endswith("scorecard.png") for n in names)
+    # the scorecard comes first: the report's menu sorts categories by name
+    index = archive.read(next(n for n in names if n.endswith("report.html"))).decode()
+    found = re.findall(r'"(\d\. [A-Z][a-z ]+)":', index)
+    assert found and min(found) == "1. Scorecard", found[:10]
 
 
 @pytest.mark.reliability

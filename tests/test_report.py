@@ -235,7 +235,7 @@ def test_table_layouts_follow_the_plan(demo_plan):
     assert len(t4.rows) == 2 * 2 * n_sigma
     assert "authors' aggregate" in t4.caption
     t5 = TABLES["table5"](frame, report_context(demo_plan, "table5"))
-    assert [c.name for c in t5.columns] == ["1", "8", "50", "200"]
+    assert [c.name for c in t5.columns] == ["4", "16", "32", "64", "128"]
     rel = TABLES["table_related"](frame, report_context(demo_plan, "table_related"))
     assert rel.cell("Hinton", "PGD-20 Acc.").text() == "-"
     assert rel.cell("SR σ=0.2", "PGD-20 Acc.").stat is not None

@@ -86,7 +86,7 @@ def _consumers(cells: set[str]) -> set[tuple[str, str]]:
 
 def _reports(names: set[str]) -> set[tuple[str, str]]:
     jobs = {("table" if n.startswith("table") else "figure", n) for n in names}
-    return jobs | {("aggregate", "aggregate"), ("all_tables", "all_tables")}
+    return jobs | {("aggregate", "aggregate"), ("scorecard", "scorecard"), ("all_tables", "all_tables")}
 
 
 def test_tau_reruns_the_students_that_use_it_and_what_shows_them(local_run, tmp_path):

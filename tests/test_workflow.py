@@ -58,6 +58,7 @@ def test_paper_dag_job_counts_follow_the_protocol():
     assert counts["fetch_corruptions"] == 1  # the released CIFAR-10-C, downloaded by a local job
     assert counts["table"] == len(report_names(Plan(load_config(ROOT / "config.yaml")), "table")) == 9
     assert counts["figure"] == 4
+    assert counts["scorecard"] == counts["aggregate"] == 1
 
 
 def test_plan_agrees_with_the_dag():
@@ -95,7 +96,7 @@ def test_each_table_and_figure_builds_only_what_it_needs(target):
 
 def test_demo_dag_covers_every_table_and_figure():
     counts = dry_run("all_tables", "--configfile", "presets/demo.yaml")
-    assert counts["table"] == 9 and counts["figure"] == 4
+    assert counts["table"] == 9 and counts["figure"] == 4 and counts["scorecard"] == 1
     assert counts["train_teachers"] == 4  # plain, p0.1, p0.3, lc0.3, each for its 5 teacher seeds
 
 
