@@ -114,23 +114,17 @@ def _default_generator(device: torch.device) -> torch.Generator:
 
 
 def _run_chunk(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    step_size: float,
-    steps: int,
-    restarts: int,
-    random_start: bool,
-    generator: torch.Generator,
-    early_stop: bool,
-    stop_whole_sample: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, step_size: float, steps: int, restarts: int,
+    random_start: bool, generator: torch.Generator, early_stop: bool, stop_whole_sample: bool,
+    record: tuple[int, ...] = (),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Attack one chunk of n samples with all its restarts batched together.
 
     Rows are restart-major: row r * n + i is restart r of sample i.  Returns the (R * n, ...) images
-    each row ended at, the (R * n,) bool "fooled" flags under the module's convention and, per row,
-    the index of the first iterate found misclassified (steps + 1 if none).
+    each row ended at, the (R * n,) bool "fooled" flags under the module's convention, per row the
+    index of the first iterate found misclassified (steps + 1 if none; without early stop every
+    iterate is classified, so this is the any-iterate answer of the same trajectory), and per row
+    and entry T of `record` whether x_T is misclassified (without early stop; empty otherwise).
     With `stop_whole_sample`, all rows of a sample stop once any of them is fooled (their flags
     then only say whether that row had been fooled when it stopped).
     """
@@ -149,6 +143,9 @@ def _run_chunk(
     # any-iterate rule, so the row is robust to PGD-T with this start iff fooled_at > T)
     fooled_at = torch.full((restarts * n,), steps + 1, dtype=torch.int64, device=x.device)
     idx = torch.arange(restarts * n, device=x.device)  # which rows are still being attacked
+    # x_T misclassified, per row and recorded T (final-iterate rule at every T of one long run)
+    wrong_at = torch.zeros(restarts * n, len(record) if not early_stop else 0, dtype=torch.bool, device=x.device)
+    slot = {t: k for k, t in enumerate(record)} if not early_stop else {}
 
     for t in range(steps):
         if idx.numel() == 0:
@@ -158,7 +155,12 @@ def _run_chunk(
         loss = F.cross_entropy(logits, labels, reduction="sum")
         (grad,) = torch.autograd.grad(loss, adv)
         adv = adv.detach()
-        if early_stop:
+        if not early_stop:  # every row runs on: classify x_t from the forward the gradient needed
+            wrong = logits.detach().argmax(1) != labels
+            fooled_at = torch.where(wrong & (fooled_at > steps), t, fooled_at)
+            if t in slot:
+                wrong_at[:, slot[t]] = wrong
+        else:
             wrong = logits.detach().argmax(1) != labels
             if stop_whole_sample:
                 row_wrong = torch.zeros(restarts * n, dtype=torch.bool, device=x.device)
@@ -183,15 +185,19 @@ def _run_chunk(
         with torch.no_grad():
             wrong = model(adv).argmax(1) != labels
         fooled[idx] = wrong
-        fooled_at[idx] = torch.where(wrong, steps, fooled_at[idx])
+        fooled_at[idx] = torch.where(wrong & (fooled_at[idx] > steps), steps, fooled_at[idx])
         out[idx] = adv
-    return out, fooled, fooled_at
+        if steps in slot:
+            wrong_at[:, slot[steps]] = wrong
+    return out, fooled, fooled_at, wrong_at
 
 
 def _attack(
-    model, x, y, eps, step_size, steps, restarts, random_start, generator, batch_size, early_stop, stop_whole_sample
+    model, x, y, eps, step_size, steps, restarts, random_start, generator, batch_size, early_stop, stop_whole_sample,
+    record=(),
 ):
-    """Yield (start, stop, images (R * n, ...), fooled (R, n), fooled_at (R, n)) chunk by chunk."""
+    """Yield (start, stop, images (R * n, ...), fooled (R, n), fooled_at (R, n), wrong_at (R, n, len(record)))
+    chunk by chunk."""
     _check_args(x, y, eps, step_size, steps, restarts, batch_size, generator)
     if generator is None:
         generator = _default_generator(x.device)
@@ -203,20 +209,13 @@ def _attack(
     with _eval_mode(model), torch.enable_grad(), torch.autocast(device_type, enabled=False):
         for start in range(0, x.shape[0], per_chunk):
             stop = min(start + per_chunk, x.shape[0])
-            images, fooled, fooled_at = _run_chunk(
-                model,
-                xf[start:stop],
-                yl[start:stop],
-                eps,
-                step_size,
-                steps,
-                restarts,
-                random_start,
-                generator,
-                early_stop,
-                stop_whole_sample,
+            images, fooled, fooled_at, wrong_at = _run_chunk(
+                model, xf[start:stop], yl[start:stop], eps, step_size, steps, restarts, random_start, generator,
+                early_stop, stop_whole_sample, tuple(record),
             )
-            yield start, stop, images, fooled.view(restarts, stop - start), fooled_at.view(restarts, stop - start)
+            n = stop - start
+            yield (start, stop, images, fooled.view(restarts, n), fooled_at.view(restarts, n),
+                   wrong_at.view(restarts, n, -1))
 
 
 def pgd(
@@ -252,7 +251,7 @@ def pgd(
     The model is run in eval mode (previous modes restored), fp32, gradients w.r.t. the input only.
     """
     result = torch.empty_like(x)
-    for start, stop, images, fooled, _ in _attack(
+    for start, stop, images, fooled, _, _ in _attack(
         model, x, y, eps, step_size, steps, restarts, random_start, generator, batch_size, early_stop, True
     ):
         n = stop - start
@@ -299,10 +298,20 @@ def robust_accuracy(
     sample's other restarts keep running.
 
     The returned dict also records the protocol: n, eps, step_size, steps, restarts, random_start,
-    early_stop and ``"fooled_rule"`` ("any_iterate" or "final_iterate").
+    early_stop and ``"fooled_rule"`` ("any_iterate" or "final_iterate").  A final-iterate result also
+    holds ``"any_iterate"``: the same aggregates under the any-iterate rule, from the same trajectories
+    (identical to an early-stopped run's, up to rounding that depends on which rows share a batch).
     """
     return robust_accuracy_curve(model, x, y, eps, step_size, [steps], restarts, generator, batch_size,
                                  random_start=random_start, early_stop=early_stop)[0]
+
+
+def _aggregates(robust: torch.Tensor) -> dict:
+    """Both aggregates of a (restarts, n) "robust" table, from integer counts."""
+    n = robust.shape[1]
+    per_run = (robust.sum(1).double() / n).tolist()
+    return {"worst_of_restarts": float(robust.all(0).sum().double() / n), "min_over_runs": min(per_run),
+            "mean_over_runs": sum(per_run) / len(per_run), "per_run": per_run}
 
 
 def robust_accuracy_curve(
@@ -325,40 +334,35 @@ def robust_accuracy_curve(
     how many steps follow.  Under the any-iterate rule (early_stop=True) a (sample, restart) pair
     survives PGD-T iff none of x_0 .. x_T is misclassified, which the long run records per pair, so
     every T's result is exactly that of a separate PGD-T run with the same random starts -- at the
-    cost of the longest one (Table 4's 1+5+...+1000 = 1351 steps become 1000).  The final-iterate
-    rule (early_stop=False) only supports one step count.  Returns one dict per entry of `steps`,
-    in order (see `robust_accuracy`).
+    cost of the longest one (Table 4's 1+5+...+1000 = 1351 steps become 1000).  Without early stop
+    every pair runs all steps and x_T is classified for every recorded T, so the final-iterate rule
+    (Madry et al.'s PGD-T) is exact at every T as well; such a result also holds, under
+    ``"any_iterate"``, the any-iterate aggregates of the same trajectories.  Returns one dict per
+    entry of `steps`, in order (see `robust_accuracy`).
     """
     if x.shape[0] == 0:
         raise ValueError("robust_accuracy needs at least one sample")
     steps = [int(s) for s in steps]
     if not steps:
         raise ValueError("steps must list at least one step count")
-    if not early_stop and len(set(steps)) > 1:
-        raise ValueError("several step counts from one run need the any-iterate rule (early_stop=True)")
-    first_fooled = []
-    for _, _, _, _, fooled_at in _attack(
-        model, x, y, eps, step_size, max(steps), restarts, random_start, generator, batch_size, early_stop, False
+    record = tuple(sorted(set(steps)))
+    first_fooled, wrong_at = [], []
+    for _, _, _, _, fooled_at, wrong in _attack(
+        model, x, y, eps, step_size, max(steps), restarts, random_start, generator, batch_size, early_stop, False,
+        record,
     ):
         first_fooled.append(fooled_at)
+        wrong_at.append(wrong)
     first_fooled = torch.cat(first_fooled, dim=1)  # (R, N)
+    wrong_at = torch.cat(wrong_at, dim=1)  # (R, N, len(record)); empty with early stop
     results = []
     for t in steps:
-        robust = first_fooled > t  # under final-iterate, fooled_at is `steps` or never
-        n = robust.shape[1]
-        per_run = (robust.sum(1).double() / n).tolist()
-        results.append({
-            "worst_of_restarts": float(robust.all(0).sum().double() / n),
-            "min_over_runs": min(per_run),
-            "mean_over_runs": sum(per_run) / len(per_run),
-            "per_run": per_run,
-            "n": n,
-            "eps": float(eps),
-            "step_size": float(step_size),
-            "steps": t,
-            "restarts": int(restarts),
-            "random_start": bool(random_start),
-            "early_stop": bool(early_stop),
-            "fooled_rule": "any_iterate" if early_stop else "final_iterate",
-        })
+        any_iterate = _aggregates(first_fooled > t)
+        protocol = {"n": first_fooled.shape[1], "eps": float(eps), "step_size": float(step_size), "steps": t,
+                    "restarts": int(restarts), "random_start": bool(random_start), "early_stop": bool(early_stop)}
+        if early_stop:
+            results.append({**any_iterate, **protocol, "fooled_rule": "any_iterate"})
+        else:
+            final = _aggregates(~wrong_at[:, :, record.index(t)])
+            results.append({**final, **protocol, "fooled_rule": "final_iterate", "any_iterate": any_iterate})
     return results

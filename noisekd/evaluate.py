@@ -10,8 +10,9 @@ Metric names:
 - corruption_acc / corruption_cond_acc (per corruption x severity): accuracy on the corrupted image,
   and Gu et al.'s conditional accuracy (among images whose clean version is classified correctly);
 - mca / mca_cond: their means over all corruption x severity cells (19 x 5 for CIFAR-10-C);
-- robust_acc_worst_of_restarts: per-sample worst case over PGD restarts;
-  robust_acc_min_over_runs: the paper authors' aggregate (worst of the whole-test-set runs).
+- robust_acc_final_min_over_runs: the paper authors' aggregate (worst of the whole-test-set runs,
+  each scored by its final iterate); robust_acc_worst_of_restarts: per-sample worst case over the
+  restarts and every iterate (`noisekd.settings.ROBUST_METRICS`), both from the same attack.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .attacks import robust_accuracy_curve
 from .data import ImageData, to_float
 from .errors import NoiseKDError
 from .io import atomic_path
-from .settings import AttackSetting
+from .settings import AUTHORS_AGGREGATE, ROBUST_METRICS, WORST_OF_RESTARTS, AttackSetting
 
 ROW_COLUMNS = (
     "run_id", "role", "dataset", "method", "cell", "params", "label_corruption", "seed", "teacher_seed",
@@ -123,7 +124,9 @@ def attack_rows(
 
     Settings that differ only in their step count (Table 4) share one attack of the largest count:
     PGD-T is the first T steps of the longer run from the same random start (`robust_accuracy_curve`).
-    Each group of settings draws its random starts from its own seeded generator.
+    Every (sample, restart) runs all its steps (no early drop), so each run's final iterate is scored
+    as PGD scores it, and the any-iterate worst case comes from the same trajectories.  Each group of
+    settings draws its random starts from its own seeded generator.
     """
     device = next(model.parameters()).device
     x = to_float(data.images.to(device))
@@ -138,20 +141,20 @@ def attack_rows(
         steps = sorted({s.steps for s in members})
         t0 = time.perf_counter()
         curve = robust_accuracy_curve(model, x, y, eps, step_size, steps, restarts=restarts,
-                                      generator=generator, batch_size=batch_size)
+                                      generator=generator, batch_size=batch_size, early_stop=False)
         for t, res in zip(steps, curve):
-            results[AttackSetting(t, eps, step_size, restarts)] = res
-            log(
-                f"PGD-{t} eps {eps:.4f} step {step_size:.4f} x{restarts}: worst-of-restarts "
-                f"{100 * res['worst_of_restarts']:.2f}%  min-over-runs {100 * res['min_over_runs']:.2f}%"
-            )
+            results[AttackSetting(t, eps, step_size, restarts)] = {
+                AUTHORS_AGGREGATE.name: res["min_over_runs"],
+                WORST_OF_RESTARTS.name: res["any_iterate"]["worst_of_restarts"]}
+            log(f"PGD-{t} eps {eps:.4f} step {step_size:.4f} x{restarts}: authors' aggregate (final iterate) "
+                f"{100 * res['min_over_runs']:.2f}%  worst of restarts (any iterate) "
+                f"{100 * res['any_iterate']['worst_of_restarts']:.2f}%")
         log(f"  ({len(steps)} step count(s) from one {max(steps)}-step attack in {time.perf_counter() - t0:.1f}s)")
     rows = []
     for s in dict.fromkeys(settings):
         res = results[s]
         cond = {"attack": "pgd", "steps": s.steps, "eps": s.eps, "step_size": s.step_size, "restarts": s.restarts}
-        rows.append({**cond, "metric": "robust_acc_worst_of_restarts", "value": res["worst_of_restarts"]})
-        rows.append({**cond, "metric": "robust_acc_min_over_runs", "value": res["min_over_runs"]})
+        rows += [{**cond, "metric": m.name, "value": res[m.name]} for m in ROBUST_METRICS]
     return rows
 
 

@@ -39,18 +39,22 @@ from .errors import NoiseKDError
 from .methods import format_number, get_method
 from .plan import REPORTS as _REGISTERED
 from .plan import figure, table
-from .settings import AttackSetting
+from .settings import AUTHORS_AGGREGATE, ROBUST_METRICS, WORST_OF_RESTARTS, AttackSetting
 from .tables import Column, Row, Stat, Table, TableCell, bold_best
 
 # pandas, matplotlib and seaborn load when a table or figure is built: planning the DAG, which reads
 # this module's registrations, stays light.
 
 
-WORST = "robust_acc_worst_of_restarts"
-MIN_RUNS = "robust_acc_min_over_runs"
-# The paper's mCA (§2.4, following Gu et al.): accuracy on the corrupted image among the images whose
-# clean version is classified correctly.  The unconditional `mca` stays in the results files.
+WORST = WORST_OF_RESTARTS.name
+AUTHORS = AUTHORS_AGGREGATE.name
+# What Figure 2 plots and Table S1's first block lists: one definition for both and their captions.
+FIGURE2_METRIC = AUTHORS_AGGREGATE
+# §2.4 names both: the mean corruption accuracy and, following Gu et al., the accuracy on the corrupted
+# image among the images whose clean version is classified correctly (the reading the scorecard
+# compares with the paper's mCA column).  Tables 1 and related and Figure 3 show both.
 MCA = "mca_cond"
+MCA_PLAIN = "mca"
 CORRUPTION_ACC = "corruption_cond_acc"
 REQUIRED_COLUMNS = ("role", "dataset", "cell", "metric", "value", "seed", "attack", "steps", "eps",
                     "step_size", "restarts")
@@ -77,7 +81,8 @@ def cell_label(cell, params: bool = True) -> str:
     """A plan Cell's label, from its method and parameters (e.g. `FT-0.3`, `SR σ=0.05`)."""
     if not params:
         return method_label(cell.method)
-    return get_method(cell.method).cell_label(cell.params, cell.label_corruption)
+    label = get_method(cell.method).cell_label(cell.params, cell.label_corruption)
+    return label + " (long schedule)" if cell.long_schedule else label
 
 
 def corruption_label(name: str) -> str:
@@ -217,7 +222,7 @@ def table1(frame, ctx) -> Table:
     title = "Table 1: Fickle Teacher and knowledge distillation methods"
     if not layout:
         return _empty("table1", title, "Table 1 is not part of this configuration.", ("Method",))
-    res = Results(frame, ("test_acc", "ood_acc", MCA), who)
+    res = Results(frame, ("test_acc", "ood_acc", MCA_PLAIN, MCA), who)
     columns: list[Column] = []
     specs: list[tuple[str, str]] = []  # (dataset, metric or "teacher")
     for d in layout:
@@ -230,8 +235,8 @@ def table1(frame, ctx) -> Table:
             specs.append((d, "ood_acc"))
             columns.append(Column(_ood_label(ctx, d), group))
         if res.has(d, MCA):
-            specs.append((d, MCA))
-            columns.append(Column("mCA", group))
+            specs += [(d, MCA_PLAIN), (d, MCA)]
+            columns += [Column("mCA", group), Column("mCA (cond.)", group)]
     names = list(dict.fromkeys(n for rows_ in layout.values() for n in rows_.cells))
     rows = []
     for name in names:
@@ -252,9 +257,10 @@ def table1(frame, ctx) -> Table:
         "Fickle Teacher (FT-x: the student distils from a teacher trained with dropout x, dropout kept "
         "active during distillation) against Hinton KD and feature/relational distillation methods. "
         "Teacher: test accuracy of the selected teacher (best teacher seed) of the row's teacher kind. "
-        "Out-of-distribution (OOD) and mCA (mean over corruptions x severities of the accuracy on the "
-        "corrupted image among images whose clean version is classified correctly) columns appear "
-        f"for datasets that have them. {_seeds_note(ctx)}; best per column in bold."
+        "Out-of-distribution (OOD) and corruption columns appear for datasets that have them: mCA is the "
+        "mean over corruptions x severities of the accuracy on the corrupted image; mCA (cond.) counts only "
+        f"images whose clean version is classified correctly (§2.4). {_seeds_note(ctx)}; best per column in "
+        "bold."
     )
     return Table("table1", title, caption, ("Method",), columns, rows)
 
@@ -273,7 +279,9 @@ def table2(frame, ctx) -> Table:
     if any(res.has(d, "ood_acc") for d in layout):
         oods = {_ood_label(ctx, d) for d in layout if res.has(d, "ood_acc")}
         metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
-    columns = [Column(sub, group) for _, group in metrics for sub in ("Original", "+H", ft)]
+    long = any(len(trio) == 4 for d in layout for trio in layout[d].rows.values())
+    subs = ("Original", "+H", ft) + ((f"{ft} (long)",) if long else ())
+    columns = [Column(sub, group) for _, group in metrics for sub in subs]
     rows = []
     multi = len(layout) > 1
     for d, grid in layout.items():
@@ -288,9 +296,11 @@ def table2(frame, ctx) -> Table:
                 cells += group
             rows.append(Row((method_label(feature),), cells, dataset_label(d) if multi else None))
     ds = ", ".join(dataset_label(d) for d in layout)
+    longer = (f" {ft} (long): the same on §4.1's longer {ft[1:]} schedule, the paper's +FT cells being trained "
+              "on the standard one." if long else "")
     caption = (f"{ds}. Each feature/relational method alone (Original), with Hinton's KD loss added (+H) and "
-               f"with Fickle Teacher ({ft[1:]}) added (+FT). {_seeds_note(ctx)}; best of Original/+H/+FT per "
-               "row and metric in bold.")
+               f"with Fickle Teacher ({ft[1:]}) added (+FT).{longer} {_seeds_note(ctx)}; best per row and "
+               "metric in bold.")
     return Table("table2", title, caption, ("Method",), columns, rows)
 
 
@@ -325,6 +335,12 @@ def table3(frame, ctx) -> Table:
     return Table("table3", title, caption, ("σ",), columns, rows)
 
 
+def _robust_blocks(restarts: int) -> str:
+    first, second = ROBUST_METRICS
+    return (f"First block, {first.label}: {first.describe(restarts)}. Second block, {second.label}: "
+            f"{second.describe(restarts)}; it is never above the first, the same attack scored more strictly.")
+
+
 def _attack_table(frame, ctx, key: str) -> Table:
     layout = {d: v for d, v in ctx.tables.get(key, {}).items() if v.pairs}
     if key == "table4":
@@ -343,15 +359,11 @@ def _attack_table(frame, ctx, key: str) -> Table:
     index = ("Dataset", "σ", "Method")
     if not layout or not attacks:
         return _empty(key, title, f"{title.split(':')[0]} is not part of this configuration.", index)
-    res = Results(frame, (WORST, MIN_RUNS), key)
+    res = Results(frame, (m.name for m in ROBUST_METRICS), key)
     columns = [Column(n, group) for n in names]
     a0 = attacks[0]
-    blocks = [
-        (WORST, f"Worst of restarts: a sample counts as robust only if it survives all {a0.restarts} restarts"),
-        (MIN_RUNS, f"Min over runs (the authors' aggregate): worst of {a0.restarts} whole-test-set PGD runs"),
-    ]
     rows = []
-    for metric, block in blocks:
+    for metric, block in ((m.name, m.label) for m in ROBUST_METRICS):
         for d, sigmas in layout.items():
             for s in sigmas.sigmas():
                 pair = sigmas.pairs[s]
@@ -361,10 +373,7 @@ def _attack_table(frame, ctx, key: str) -> Table:
                     bold_best(r.cells[j] for r in pair_rows)
                 rows += pair_rows
     caption = (f"GA vs SR students under {what}; step size {format_number(a0.step_size)}, {a0.restarts} random restarts. "
-               "First block: per-sample worst case over the restarts (robust_acc_worst_of_restarts). Second "
-               "block: the paper authors' aggregate, the lowest accuracy among the independent whole-test-set "
-               f"runs (robust_acc_min_over_runs), never below the first. {_seeds_note(ctx)}; the better of GA "
-               "and SR per column in bold.")
+               f"{_robust_blocks(a0.restarts)} {_seeds_note(ctx)}; the better of GA and SR per column in bold.")
     return Table(key, title, caption, index, columns, rows)
 
 
@@ -385,10 +394,10 @@ def table_s1(frame, ctx) -> Table:
     title = f"Table S1: PGD-{a.steps} robust accuracy of GA vs SR (values of Figure 2)"
     if not layout:
         return _empty(who, title, "Soft Randomization is not part of this configuration.", ("σ",))
-    res = Results(frame, (WORST, MIN_RUNS), who)
+    res = Results(frame, (m.name for m in ROBUST_METRICS), who)
     columns = [Column(m, dataset_label(d)) for d in layout for m in ("GA", "SR")]
     rows = []
-    for metric, block in ((WORST, "Worst of restarts"), (MIN_RUNS, "Min over runs (authors' aggregate)")):
+    for metric, block in ((m.name, m.label) for m in ROBUST_METRICS):
         for s in _sigma_sort(s for d in layout for s in layout[d].pairs):
             cells = []
             for d in layout:
@@ -398,9 +407,9 @@ def table_s1(frame, ctx) -> Table:
                 cells += group
             rows.append(Row((s,), cells, block))
     caption = (f"Robust accuracy under {_attack_desc(a)} of students trained with Gaussian noise σ alone (GA) "
-               "or with Soft Randomization (SR). First block: per-sample worst case over the restarts (plotted "
-               "in Figure 2); second block: the authors' aggregate, worst of the whole-test-set runs. "
-               f"{_seeds_note(ctx)}; the better of GA and SR in bold.")
+               f"or with Soft Randomization (SR). {_robust_blocks(a.restarts)} Figure 2 plots "
+               f"{FIGURE2_METRIC.label[0].lower() + FIGURE2_METRIC.label[1:]}. {_seeds_note(ctx)}; the better of GA "
+               "and SR in bold.")
     return Table(who, title, caption, ("σ",), columns, rows)
 
 
@@ -456,14 +465,14 @@ def table_related(frame, ctx) -> Table:
     title = title.replace("→", " to ")
     if not layout:
         return _empty(who, title, "The related-methods comparison is not part of this configuration.", ("Method",))
-    res = Results(frame, ("test_acc", "ood_acc", MCA, MIN_RUNS), who)
+    res = Results(frame, ("test_acc", "ood_acc", MCA_PLAIN, MCA, AUTHORS), who)
     metrics = [("test_acc", "Test Acc.")]
     if any(res.has(d, "ood_acc") for d in layout):
         oods = {_ood_label(ctx, d) for d in layout if res.has(d, "ood_acc")}
         metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
     if any(res.has(d, MCA) for d in layout):
-        metrics.append((MCA, "mCA"))
-    metrics.append((MIN_RUNS, f"PGD-{a.steps} Acc."))
+        metrics += [(MCA_PLAIN, "mCA"), (MCA, "mCA (cond.)")]
+    metrics.append((AUTHORS, f"PGD-{a.steps} Acc."))
     columns = [Column(h) for _, h in metrics]
     multi = len(layout) > 1
     rows = []
@@ -473,7 +482,7 @@ def table_related(frame, ctx) -> Table:
             cell = ctx.cell(d, name)
             cells = []
             for metric, _ in metrics:
-                if metric == MIN_RUNS:
+                if metric == AUTHORS:
                     ok = a in cell.attacks
                     cells.append(TableCell(res.get(d, name, metric, a) if ok else None))
                 else:
@@ -486,9 +495,9 @@ def table_related(frame, ctx) -> Table:
     caption = (f"{ds}. The paper's methods beside related noise-based distillation: clean-to-noisy feature "
                "mimicry (Hong et al., student on x + N(0, σ²) matches the teacher's clean features) and Noisy "
                "Teacher (Sau & Balasubramanian: teacher logits z(1 + ξ), ξ ~ N(0, σ²), perturbed for the given "
-               f"fraction of samples; L2 logit regression or Hinton's KL). mCA: conditional on the clean image "
-               f"being classified correctly. PGD: the worst of {a.restarts} whole-test-set runs (the paper's "
-               f"aggregate) under {_attack_desc(a)}; '-' where a model was not attacked. {_seeds_note(ctx)}; best per column "
+               f"fraction of samples; L2 logit regression or Hinton's KL). mCA: mean corruption accuracy; "
+               f"mCA (cond.): among images whose clean version is classified correctly. PGD: {AUTHORS_AGGREGATE.describe(a.restarts)}, under "
+               f"{_attack_desc(a)}; '-' where a model was not attacked. {_seeds_note(ctx)}; best per column "
                "in bold.")
     return Table(who, title, caption, ("Method",), columns, rows)
 
@@ -537,7 +546,7 @@ def figure2(frame, ctx):
     if not layout:
         return _message_figure("Figure 2", "Soft Randomization is not part of this configuration.")
     a = ctx.pgd20
-    res = Results(frame, (MIN_RUNS,), "figure2")  # the paper's aggregate: worst of the restart runs
+    res = Results(frame, (FIGURE2_METRIC.name,), "figure2")
     _, sns = _plotting()
     colors = sns.color_palette("colorblind")
     ax_style, rc_style = _style()
@@ -548,7 +557,7 @@ def figure2(frame, ctx):
             x = np.arange(len(sigmas))
             for j, color, marker in ((0, colors[7], "s"), (1, colors[1], "o")):
                 names = [v.pairs[s][j] for s in sigmas]
-                stats = [res.get(d, n, MIN_RUNS, a) for n in names]
+                stats = [res.get(d, n, FIGURE2_METRIC.name, a) for n in names]
                 mean = 100 * np.array([s.mean for s in stats])
                 std = 100 * np.nan_to_num(np.array([s.std for s in stats]))
                 label = "Soft Randomization (SR)" if j else "Gaussian Augmentation (GA)"
@@ -557,10 +566,11 @@ def figure2(frame, ctx):
             ax.set_xticks(x, sigmas, rotation=45 if len(sigmas) > 6 else 0)
             ax.set_xlabel("Training noise σ (pixel scale [0, 1])")
             ax.set_ylabel(f"PGD-{a.steps} robust accuracy (%)")
-            ax.set_title(f"{dataset_label(d)}: ε = {_eps255(a.eps)}/255, worst of {a.restarts} runs")
+            ax.set_title(f"{dataset_label(d)}: ε = {_eps255(a.eps)}/255")
             ax.set_ylim(bottom=0)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncol=2, frameon=False)
+        fig.suptitle(f"{FIGURE2_METRIC.label}: {FIGURE2_METRIC.describe(a.restarts)}", fontsize=7, wrap=True)
     return fig
 
 
@@ -578,7 +588,7 @@ def figure3(frame, ctx):
                     & frame["dataset"].isin(datasets)]
     per = sub.assign(value=pd.to_numeric(sub["value"], errors="coerce")).groupby(
         ["dataset", "cell", "corruption"], sort=False)["value"].mean()
-    res = Results(frame, (MCA,), "figure3")
+    res = Results(frame, (MCA_PLAIN, MCA), "figure3")
     datasets = [d for d in datasets if res.has(d, MCA) and d in per.index.get_level_values(0)]
     if not datasets:
         return _message_figure(title, "No dataset of the Soft Randomization experiment has corruption rows.")
@@ -592,8 +602,8 @@ def figure3(frame, ctx):
         acc = np.full((len(names), len(order)), np.nan)
         labels = []
         for i, name in enumerate(names):
-            mca = res.get(d, name, MCA)
-            labels.append(f"{cell_label(ctx.cell(d, name))} (mCA {100 * mca.mean:.2f})")
+            plain, cond = res.get(d, name, MCA_PLAIN), res.get(d, name, MCA)
+            labels.append(f"{cell_label(ctx.cell(d, name))} (mCA {100 * plain.mean:.2f}, cond. {100 * cond.mean:.2f})")
             try:
                 row = per.loc[(d, name)]
             except KeyError:

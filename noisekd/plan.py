@@ -25,7 +25,7 @@ from .errors import NoiseKDError
 from .layout import Layout
 from .linear_study_config import StudyConfig
 from .methods import MethodParams, format_number, get_method
-from .settings import AttackSetting, Augmentation, TrainConfig
+from .settings import ROBUST_METRICS, AttackSetting, Augmentation, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,17 @@ class Cell:
     params: dict = field(hash=False)  # the method parameters that differ from the defaults
     label_corruption: float = 0.0
     attacks: tuple[AttackSetting, ...] = ()
+    long_schedule: bool = False  # trained on §4.1's Fickle Teacher schedule of its dropout (Table 2's option)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "method": self.method, "params": dict(self.params),
-                "label_corruption": self.label_corruption, "attacks": [asdict(a) for a in self.attacks]}
+                "label_corruption": self.label_corruption, "attacks": [asdict(a) for a in self.attacks],
+                "long_schedule": self.long_schedule}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         return cls(d["name"], d["method"], dict(d["params"]), float(d["label_corruption"]),
-                   tuple(AttackSetting(**a) for a in d["attacks"]))
+                   tuple(AttackSetting(**a) for a in d["attacks"]), bool(d.get("long_schedule", False)))
 
     @property
     def teacher_kind(self) -> str | None:
@@ -91,9 +93,10 @@ class CellRows:
 
 @dataclass(frozen=True)
 class FeatureRows:
-    """Table 2: per feature method, its cells alone, with Hinton's loss (+H) and with Fickle Teacher (+FT)."""
+    """Table 2: per feature method, its cells alone, with Hinton's loss (+H) and with Fickle Teacher (+FT),
+    and optionally +FT on §4.1's longer schedule."""
 
-    rows: dict[str, tuple[str, str, str]]
+    rows: dict[str, tuple[str, ...]]
 
     def names(self) -> list[str]:
         return [c for trio in self.rows.values() for c in trio]
@@ -199,17 +202,17 @@ class Plan:
 
     # -- building -------------------------------------------------------------------------------
     def _add(self, dataset: str, method: str, params: dict | None = None, lc: float = 0.0,
-             attacks: tuple[AttackSetting, ...] = ()) -> str:
+             attacks: tuple[AttackSetting, ...] = (), long_schedule: bool = False) -> str:
         if dataset not in self._cells:
             raise NoiseKDError(f"experiments refer to dataset {dataset!r}, which is not under config key datasets")
         params = dict(params or {})
         m = get_method(method)
         full = MethodParams.from_dict({**asdict(self.defaults), **params})
         m.check(full)
-        name = m.cell_name(params, lc)
+        name = m.cell_name(params, lc) + ("_long" if long_schedule else "")
         old = self._cells[dataset].get(name)
         merged = tuple(dict.fromkeys((old.attacks if old else ()) + attacks))
-        self._cells[dataset][name] = Cell(name, method, params, float(lc), merged)
+        self._cells[dataset][name] = Cell(name, method, params, float(lc), merged, long_schedule)
         return name
 
     def _build(self) -> None:
@@ -221,8 +224,12 @@ class Plan:
             self.tables.setdefault("table1", {})[d] = CellRows(tuple(rows))
         t2 = ex.get("table2")
         for d in (t2 or {}).get("datasets", []):
+            ft = {"dropout": t2["ft_dropout"]}
+            # optional fourth column: +FT on §4.1's longer schedule (the paper trains +FT on the standard one)
+            long = t2.get("ft_long_schedule", False)
             self.tables.setdefault("table2", {})[d] = FeatureRows({
-                m: (self._add(d, m), self._add(d, f"{m}+hinton"), self._add(d, f"{m}+ft", {"dropout": t2["ft_dropout"]}))
+                m: (self._add(d, m), self._add(d, f"{m}+hinton"), self._add(d, f"{m}+ft", ft))
+                + ((self._add(d, f"{m}+ft", ft, long_schedule=True),) if long else ())
                 for m in t2["methods"]})
         sr = ex.get("soft_randomization")
         for d in (sr or {}).get("datasets", []):
@@ -311,7 +318,7 @@ class Plan:
 
     def train_config(self, seed: int, cell: Cell | None = None) -> TrainConfig:
         base, source = dict(self.config["train"]), "train"
-        if cell is not None and cell.method == "ft":
+        if cell is not None and (cell.method == "ft" or cell.long_schedule):
             # §4.1: Fickle Teacher students train longer, by the teacher's dropout rate.
             for i, sched in enumerate(self.config.get("fickle_schedules", [])):
                 if abs(sched["dropout"] - cell.params["dropout"]) < 1e-9:
@@ -393,7 +400,9 @@ class Plan:
     def _attack_block(self, cell: Cell) -> dict:
         pgd = self.config["evaluation"]["pgd"]
         # Random starts are drawn per chunk of batch_size rows, so the batch size is part of the seed.
-        return {"attacks": [asdict(a) for a in cell.attacks], "batch_size": pgd.get("batch_size", 5000)}
+        # The metrics name how each run is scored (a file scored otherwise is stale, not mixed in).
+        return {"attacks": [asdict(a) for a in cell.attacks], "batch_size": pgd.get("batch_size", 5000),
+                "metrics": [m.name for m in ROBUST_METRICS]}
 
     @functools.cache
     def teacher_settings(self, dataset: str, kind: str) -> dict:

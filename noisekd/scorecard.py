@@ -27,9 +27,9 @@ from pathlib import Path
 from .errors import NoiseKDError
 from .methods import format_number, get_method
 from .paper import (
+    AUTHORS,
     CORRUPTION_ACC,
     MCA,
-    MIN_RUNS,
     PANEL_H,
     PANEL_W,
     Results,
@@ -49,7 +49,7 @@ PUBLISHED_COLUMNS = ("table", "dataset", "method", "dropout", "sigma", "label_co
 # A published metric and the result metric that reproduces it: the paper's mCA is the conditional one
 # (§2.4) and its robust accuracy the worst of the whole-test-set PGD runs (§2.3).
 RESULT_METRIC = {"test_acc": "test_acc", "ood_acc": "ood_acc", "mca": MCA, "teacher_test_acc": "test_acc",
-                 "robust_acc": MIN_RUNS}
+                 "robust_acc": AUTHORS}
 METRIC_LABELS = {"test_acc": "Test acc.", "ood_acc": "OOD acc.", "mca": "mCA", "teacher_test_acc": "Teacher test acc.",
                  "robust_acc": "Robust acc."}
 VERDICTS = ("matches", "higher", "lower")
@@ -99,7 +99,7 @@ def _matching_cell(ctx: ReportContext, row) -> tuple[str | None, str]:
         want[p] = _value(getattr(row, p))
     lc = _value(row.label_corruption) or 0.0
     for c in ctx.cells[row.dataset].values():
-        if (c.method == row.method and _close(c.label_corruption, lc)
+        if (c.method == row.method and _close(c.label_corruption, lc) and not c.long_schedule
                 and all(p in c.params and _close(c.params[p], v) for p, v in want.items())):
             return c.name, ""
     return None, "this config does not run that cell"
@@ -183,7 +183,7 @@ def _without_counterpart(res: Results, ctx: ReportContext, matched: set) -> list
     shown = {v: k for k, v in RESULT_METRIC.items() if k != "teacher_test_acc"}
     out = []
     for (d, cell, metric, attack, steps, eps255, *_), stat in res.stats.items():
-        if metric not in shown or (metric == MIN_RUNS) != (attack == "pgd"):
+        if metric not in shown or (metric == AUTHORS) != (attack == "pgd"):
             continue
         a = _cell_attack(ctx, d, cell, steps, eps255) if attack == "pgd" else None
         if ("student", d, cell, metric, a) in matched:
@@ -255,7 +255,7 @@ class Evidence:
         import pandas as pd
 
         self.ctx = ctx
-        self.res = Results(frame, ("test_acc", "ood_acc", MCA, MIN_RUNS), "scorecard")
+        self.res = Results(frame, ("test_acc", "ood_acc", MCA, AUTHORS), "scorecard")
         sub = frame.loc[(frame["role"] == "student") & (frame["metric"] == CORRUPTION_ACC)]
         per = sub.assign(value=pd.to_numeric(sub["value"], errors="coerce")).groupby(
             ["dataset", "cell", "corruption"], sort=False)["value"].mean()
@@ -310,7 +310,7 @@ def _ft05_beats_its_teacher(ev: Evidence, d: str) -> list[Comparison]:
 def _ft_beats_h_on_top(ev: Evidence, d: str) -> list[Comparison]:
     rows = ev.layout("table2", d).rows
     return [beats(f"{ev.label(d, ft)} test acc.", ev.stat(d, ft, "test_acc"), "+H", ev.stat(d, h, "test_acc"))
-            for _, h, ft in rows.values()]
+            for _, h, ft, *_ in rows.values()]
 
 
 @claim("sr_beats_ga_generalization", "SR beats GA in test and out-of-distribution accuracy at every σ",
@@ -334,9 +334,9 @@ def _sr_beats_ga_pgd20(ev: Evidence, d: str) -> list[Comparison]:
         raise NotRun("needs GA and SR students attacked with PGD-20: evaluation.pgd")
     out = []
     for s in sigmas:
-        ga, sr = (ev.stat(d, n, MIN_RUNS, a) for n in layout.pairs[s])
+        ga, sr = (ev.stat(d, n, AUTHORS, a) for n in layout.pairs[s])
         out.append(beats(f"SR σ={s} PGD-{a.steps}", sr, "GA", ga))
-    ga, sr = (ev.stat(d, n, MIN_RUNS, a) for n in layout.pairs[sigmas[0]])
+    ga, sr = (ev.stat(d, n, AUTHORS, a) for n in layout.pairs[sigmas[0]])
     out.append(beats(f"SR σ={sigmas[0]} (lowest σ) PGD-{a.steps}", sr, "GA", ga, by=WIDE_MARGIN))
     return out
 
@@ -355,7 +355,7 @@ def _sr_keeps_robustness(ev: Evidence, d: str) -> list[Comparison]:
     out = []
     for s in layout.sigmas():
         sr = layout.pairs[s][1]
-        at_100, at_last = ev.stat(d, sr, MIN_RUNS, first), ev.stat(d, sr, MIN_RUNS, last)
+        at_100, at_last = ev.stat(d, sr, AUTHORS, first), ev.stat(d, sr, AUTHORS, last)
         holds = round(100 * (at_100.mean - at_last.mean), 2) <= 100 * KEEP_DROP  # at display precision
         out.append(Comparison(f"SR σ={s}: PGD-{last.steps} {at_last.text()} vs PGD-100 {at_100.text()} "
                               f"({'within' if holds else 'more than'} 1 point lower)", holds))
@@ -372,7 +372,7 @@ def _no_gradient_obfuscation(ev: Evidence, d: str) -> list[Comparison]:
     if not ev.ctx.table5_attacks:
         raise NotRun("needs Table 5 attacks: evaluation.pgd.table5_eps_255")
     a = max(ev.ctx.table5_attacks, key=lambda a: a.eps)
-    return [at_most(f"{ev.label(d, n)} at ε={format_number(round(a.eps * 255, 4))}/255", ev.stat(d, n, MIN_RUNS, a),
+    return [at_most(f"{ev.label(d, n)} at ε={format_number(round(a.eps * 255, 4))}/255", ev.stat(d, n, AUTHORS, a),
                     ABOUT_ZERO) for s in layout.sigmas() for n in layout.pairs[s]]
 
 

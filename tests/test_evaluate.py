@@ -90,12 +90,12 @@ def test_command_line_evaluates_a_digits_student(tmp_path, capsys):
     frame = pd.read_parquet(out)
     counts = frame.metric.value_counts()
     assert counts["corruption_acc"] == 95 and counts["corruption_cond_acc"] == 95
-    assert {"test_acc", "ood_acc", "mca", "robust_acc_worst_of_restarts", "robust_acc_min_over_runs"} <= set(counts.index)
+    assert {"test_acc", "ood_acc", "mca", "robust_acc_worst_of_restarts", "robust_acc_final_min_over_runs"} <= set(counts.index)
     pgd = frame[frame.metric.str.startswith("robust")]
     assert (pgd.steps == 20).all() and (pgd.restarts == 5).all()
     clean = frame.loc[frame.metric == "test_acc", "value"].item()
     worst = frame.loc[frame.metric == "robust_acc_worst_of_restarts", "value"].item()
-    assert worst <= frame.loc[frame.metric == "robust_acc_min_over_runs", "value"].item() <= clean
+    assert worst <= frame.loc[frame.metric == "robust_acc_final_min_over_runs", "value"].item() <= clean
     print(f"clean + OOD + 95 corruption cells + PGD-20 x 5 restarts in {elapsed:.1f}s")
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from noisekd.paper import CORRUPTION_ACC, MCA, MIN_RUNS, WORST
+from noisekd.paper import CORRUPTION_ACC, MCA, AUTHORS, WORST
 from noisekd.plan import Plan, deep_merge, scorecard_context
 from noisekd.scorecard import (
     CLAIMS,
@@ -54,7 +54,7 @@ def small_plan(datasets=("cifar10", "svhn"), **override) -> Plan:
 def paper_world(cell, metric: str, attack=None, corruption: str | None = None) -> float:
     """A fraction for each result in which every claim of the paper holds."""
     m, p = cell.method, cell.params
-    if metric in (MIN_RUNS, WORST):
+    if metric in (AUTHORS, WORST):
         if attack.eps * 255 > 100:
             return 0.005  # the largest ε: about 0
         if m == "sr":
@@ -99,7 +99,7 @@ def frame_of(plan: Plan, world=paper_world, teachers=teacher_world, corruptions=
                 for a in cell.attacks:
                     rows += [{**one, "metric": metric, "attack": "pgd", "steps": a.steps, "eps": a.eps,
                               "step_size": a.step_size, "restarts": a.restarts, "value": world(cell, metric, a) + jitter}
-                             for metric in (MIN_RUNS, WORST)]
+                             for metric in (AUTHORS, WORST)]
     frame = pd.DataFrame(rows)
     for col in ("attack", "steps", "eps", "step_size", "restarts", "corruption", "severity"):
         if col not in frame:
@@ -174,7 +174,7 @@ def test_the_published_values_reproduce_themselves_and_pass_the_claims_they_cove
             rows.append({"role": "teacher", "dataset": r.dataset, "cell": cell, "metric": "test_acc", "seed": 0,
                          "value": r.mean / 100})
             continue
-        metric = {"mca": MCA, "robust_acc": MIN_RUNS}.get(r.metric, r.metric)
+        metric = {"mca": MCA, "robust_acc": AUTHORS}.get(r.metric, r.metric)
         attack = _cell_attack(ctx, r.dataset, cell, r.steps, r.eps_255) if r.metric == "robust_acc" else None
         cond = {"attack": "pgd", "steps": attack.steps, "eps": attack.eps, "step_size": attack.step_size,
                 "restarts": attack.restarts} if attack else {}
