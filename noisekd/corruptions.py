@@ -4,12 +4,14 @@
 the same shape.  Every severity uses the parameters of Hendrycks' ``make_cifar_c.py`` (the CIFAR-10-C script;
 ImageNet-C's parameters are meant for 224x224 images and wreck 32x32 ones), listed in ``PARAMS``, and follows
 that script's formulas.  This is an independent re-implementation on current numpy / scipy / scikit-image /
-Pillow, without OpenCV or ImageMagick (the script's own code no longer runs on current library versions).
+Pillow, without OpenCV or ImageMagick (the script's own code no longer runs on current library versions) --
+frost excepted, which reads and scales the script's photographs with OpenCV, as the script does.
 
 Fidelity.  During development the script was run (ported only where APIs changed: ``channel_axis``,
 ``np.float64``, ``np.frombuffer``) with OpenCV 4.10, ImageMagick 6.9.11 Q16 (Wand), scikit-image 0.26 and scipy
 1.17 on natural 32x32 crops at every severity, feeding both sides the same random numbers: the outputs were
-bit-identical for every corruption except frost (see below) -- and glass_blur, whose port had made the script's
+bit-identical for every corruption except frost (then a procedural stand-in; now the script's photographs and
+steps, checked against them by the tests) -- and glass_blur, whose port had made the script's
 pixel "swap" a real swap; it copies (see below), which the tests now check against the script's line as written.
 The random corruptions draw from ``np.random.default_rng(seed)`` instead of numpy's legacy global state, so they
 match the release in distribution, not pixel for pixel.
@@ -73,25 +75,28 @@ spatter: the OpenCV steps re-implemented and checked against OpenCV: Canny (3x3 
     per-image histogram equalisation, the emboss kernel with uint8 saturation.  The script's ``astype(uint8)``
     of the liquid layer wraps the rare values above 1 (x86 float -> uint8); kept, as an explicit modulo 256.
     An image whose shading is zero everywhere is left unchanged (the script would divide by zero).
-frost: the script blends real frost photographs (frost1.png ... frost6.jpg at 1/5 scale, random 32x32 crop),
-    which are not available here (no installed package ships them).  A procedural stand-in is used instead:
-    bluish-white frost made of multi-scale smoothed noise plus crystalline needles (sparse seeds drawn into
-    streaks along three directions 60 degrees apart, like ice crystals), mean about 0.5, blended with the
-    CIFAR-10-C coefficients ``c0 * x + c1 * frost``.  Frost results are therefore not comparable with the
-    released frost.npy.
+frost: the script's own photographs (frost1.png ... frost5.jpg, as the imagecorruptions package ships them),
+    read and scaled by 1/5 with OpenCV as the script does, a random 32x32 crop per image, blended
+    ``c0 * x + c1 * frost``; the draws (photograph, crop corner) come from the seeded generator, so the
+    images differ from the released frost.npy only by which crops were drawn.  Other image sizes scale the
+    photographs with the image side.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 from collections.abc import Callable, Iterator
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy import ndimage as ndi
+
+from .errors import NoiseKDError
 
 __all__ = ["CORRUPTIONS", "corrupt"]
 
@@ -521,45 +526,48 @@ def _snow(x8, c, rng):
     return _to_uint8(x + layer + layer[:, ::-1, ::-1])
 
 
-def _frost_texture(n: int, h: int, w: int, rng: np.random.Generator, s: float) -> np.ndarray:
-    """Procedural frost (n, H, W, 3) in [0, 1]: multi-scale haze plus bright crystalline needles, bluish white.
+# The CIFAR-10-C script draws one of its first five photographs per image (np.random.randint(5)).
+FROST_PHOTOS = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
 
-    Stand-in for the reference's frost photographs (1/5-scale crops): mean about 0.5, local contrast concentrated
-    in thin bright streaks.  Lengths are given for 32x32 and scaled by s (needle density per area by 1 / s^2).
-    """
-    # haze: three octaves of smoothed white noise, each standardised
-    haze = np.zeros((n, h, w), dtype=np.float32)
-    for sigma, weight in ((4.0, 0.5), (2.0, 0.3), (1.0, 0.2)):
-        octave = _gaussian(rng.standard_normal((n, h, w), dtype=np.float32), sigma * s, mode="wrap")
-        octave /= octave.std(axis=(1, 2), keepdims=True) + np.float32(1e-6)
-        haze += np.float32(weight) * octave
-    # needles: sparse seeds drawn into streaks along three directions 60 degrees apart (hexagonal ice)
-    density = 0.025 / (s * s)
-    seeds = (rng.random((n, h, w, 1)) < density) * rng.uniform(0.4, 1.0, (n, h, w, 1))
-    seeds = seeds.astype(np.float32)
-    length = max(2, round(5 * s))
-    taps = np.arange(-length, length + 1)
-    weights = 1.0 - np.abs(taps) / (length + 1.0)
-    theta = rng.uniform(0, np.pi, size=n)
-    needles = np.zeros((n, h, w), dtype=np.float32)
-    for k in range(3):
-        a = theta + k * np.pi / 3
-        oy = np.rint(taps[None, :] * np.sin(a)[:, None]).astype(np.intp)
-        ox = np.rint(taps[None, :] * np.cos(a)[:, None]).astype(np.intp)
-        needles = np.maximum(needles, _line_filter(seeds, oy, ox, weights)[..., 0])
-    # about half a reference pixel of blur (needle width scales with s); keep a needle's peak brightness
-    blur = 0.5 * s
-    peak = _gauss_kernel_1d(2 * int(4 * blur + 0.5) + 1, blur).max() / _gauss_kernel_1d(5, 0.5).max()
-    needles = _gaussian(np.clip(needles, 0, 1), blur) / np.float32(peak)
-    tex = np.clip(0.34 + 0.1 * haze + 0.8 * needles, 0, 1)
-    tint = np.array([0.88, 0.95, 1.0], dtype=np.float32)
-    return np.clip(tex[..., None] * tint + np.float32(0.03), 0, 1)
+
+def frost_photo_dir() -> Path:
+    """Where the `imagecorruptions` package (Apache-2.0; a dependency) keeps the frost photographs of
+    Hendrycks & Dietterich's script, found without importing the package (it imports OpenCV)."""
+    spec = importlib.util.find_spec("imagecorruptions")
+    if spec is None or not spec.submodule_search_locations:
+        raise NoiseKDError("frost needs the frost photographs of the imagecorruptions package: "
+                           "pip install imagecorruptions==1.1.2 (a dependency of noisekd)")
+    return Path(next(iter(spec.submodule_search_locations))) / "frost"
+
+
+@lru_cache(maxsize=4)
+def _frost_photos(fx: float) -> tuple[np.ndarray, ...]:
+    """The photographs as RGB uint8, scaled by fx as the script scales them (OpenCV's bilinear resize;
+    fx = 0.2 for 32x32 images)."""
+    import cv2
+
+    photos = []
+    for name in FROST_PHOTOS:
+        bgr = cv2.imread(str(frost_photo_dir() / name))
+        if bgr is None:
+            raise NoiseKDError(f"frost photograph {frost_photo_dir() / name} is missing or unreadable")
+        photos.append(np.ascontiguousarray(cv2.resize(bgr, (0, 0), fx=fx, fy=fx)[..., ::-1]))
+    return tuple(photos)
 
 
 def _frost(x8, c, rng):
+    """``c0 * x + c1 * frost``: per image, a random h x w crop of a random photograph at the script's
+    1/5 scale (scaled with the image side, so a 12x12 image sees the share of the pattern a 32x32 one does)."""
     n, h, w, _ = x8.shape
-    tex = _frost_texture(n, h, w, rng, _scale(h, w))
-    out = c[0] * x8.astype(np.float32) + np.float32(c[1] * 255) * tex
+    photos = _frost_photos(round(0.2 * _scale(h, w), 6))
+    which = rng.integers(len(photos), size=n)
+    tex = np.empty((n, h, w, 3), dtype=np.float64)
+    for k, photo in enumerate(photos):  # one gather per photograph, not per image
+        sel = np.flatnonzero(which == k)
+        ys = rng.integers(0, photo.shape[0] - h, size=sel.size)
+        xs = rng.integers(0, photo.shape[1] - w, size=sel.size)
+        tex[sel] = photo[ys[:, None, None] + np.arange(h)[None, :, None], xs[:, None, None] + np.arange(w)[None, None, :]]
+    out = c[0] * x8.astype(np.float64) + c[1] * tex  # float64, as the script's numpy arithmetic
     return np.clip(out, 0, 255).astype(np.uint8)
 
 

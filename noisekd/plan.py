@@ -376,8 +376,10 @@ class Plan:
         if not spec:
             return None
         # The released files have no seed; only generated corruptions draw from one.
-        return {"source": "released"} if spec["source"] == "released" else {"source": spec["source"],
-                                                                             "seed": int(spec.get("seed", 0))}
+        if spec["source"] == "released":
+            return {"source": "released"}
+        # frost: the script's photographs (until 2026-11-30 a procedural stand-in; such sets rerun)
+        return {"source": spec["source"], "seed": int(spec.get("seed", 0)), "frost": "photographs"}
 
     def augmentation(self, dataset: str) -> dict:
         return asdict(Augmentation(**self.dataset_configs[dataset]["augmentation"]))

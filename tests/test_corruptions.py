@@ -294,14 +294,52 @@ def test_plasma_fractal_normalised():
     assert not np.allclose(maps[0], maps[1])
 
 
-def test_frost_texture_statistics():
-    # procedural stand-in for the frost photographs: mean ~0.5, bluish (B >= G >= R), consistent across sizes
-    for size, s in ((32, 1.0), (64, 2.0)):
-        tex = C._frost_texture(32, size, size, np.random.default_rng(0), s)
-        mean = tex.mean(axis=(0, 1, 2))
-        assert 0.4 < tex.mean() < 0.65
-        assert mean[2] >= mean[1] >= mean[0]
-        assert 0.1 < tex.std() < 0.3
+def _script_frost(x: np.ndarray, severity: int, photo: int, x_start: int, y_start: int) -> np.ndarray:
+    """make_cifar_c.py's frost for one 32x32 image, its random draws given: the photograph read with
+    OpenCV (BGR), scaled by 1/5, a 32x32 crop flipped to RGB, blended and truncated to uint8."""
+    import cv2
+
+    c = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][severity - 1]
+    frost = cv2.imread(str(C.frost_photo_dir() / ["frost1.png", "frost2.png", "frost3.png", "frost4.jpg",
+                                                   "frost5.jpg", "frost6.jpg"][photo]))
+    frost = cv2.resize(frost, (0, 0), fx=0.2, fy=0.2)
+    frost = frost[x_start:x_start + 32, y_start:y_start + 32][..., [2, 1, 0]]
+    return np.uint8(np.clip(c[0] * np.array(x) + c[1] * frost, 0, 255))
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_frost_is_the_scripts_photograph_blend(images, severity):
+    """Every frosted image equals the script's frost on the photograph and crop corner that the seeded
+    generator drew for it (replayed here in the port's order: the photographs, then per photograph its
+    images' crop corners)."""
+    x = images[:40]
+    out = C.corrupt(x, "frost", severity, seed=7)
+    rng = np.random.default_rng(7)
+    which = rng.integers(5, size=len(x))
+    photos = C._frost_photos(0.2)
+    corners = {}
+    for k, photo in enumerate(photos):
+        sel = np.flatnonzero(which == k)
+        ys = rng.integers(0, photo.shape[0] - 32, size=sel.size)
+        xs = rng.integers(0, photo.shape[1] - 32, size=sel.size)
+        corners.update({int(i): (int(a), int(b)) for i, a, b in zip(sel, ys, xs)})
+    assert len(set(which.tolist())) > 2  # several photographs in use
+    for i in range(len(x)):
+        np.testing.assert_array_equal(out[i], _script_frost(x[i], severity, int(which[i]), *corners[i]))
+
+
+def test_frost_without_its_photographs_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(C.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(C.NoiseKDError, match="pip install imagecorruptions==1.1.2"):
+        C.frost_photo_dir()
+
+
+def test_frost_photographs_are_found_and_scale_with_the_image():
+    assert [p.name for p in sorted(C.frost_photo_dir().iterdir()) if p.stem.startswith("frost")][:5] == list(C.FROST_PHOTOS)
+    full, small = C._frost_photos(0.2), C._frost_photos(round(0.2 * C._scale(12, 12), 6))
+    assert all(0.3 < s.shape[0] / f.shape[0] < 0.45 for f, s in zip(full, small))  # 12/32 of the 32x32 scale
+    out = C.corrupt(small_batch(12, 12, 5), "frost", 3, seed=0)
+    assert out.shape == (5, 12, 12, 3) and out.dtype == np.uint8
 
 
 # ------------------------------------------------------------------------------------------- noise levels
