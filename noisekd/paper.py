@@ -205,6 +205,14 @@ def _seeds_note(ctx) -> str:
     return f"Mean ± 1 std (sample, ddof=1) over {n} student seed{'s' if n != 1 else ''}, in %"
 
 
+def _ood_metric(res, ctx, layout) -> list[tuple[str, str]]:
+    """The OOD accuracy column of a table over these datasets, if any of them has one, with its label."""
+    oods = {_ood_label(ctx, d) for d in layout if res.has(d, "ood_acc")}
+    if not oods:
+        return []
+    return [("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc.")]
+
+
 def _empty(name: str, title: str, caption: str, index: tuple[str, ...]) -> Table:
     return Table(name, title, caption, index, [Column("-")], [])
 
@@ -275,10 +283,7 @@ def table2(frame, ctx) -> Table:
     dropouts = {format_number(ctx.cell(d, trio[2]).params.get("dropout", 0))
                 for d in layout for trio in layout[d].rows.values()}
     ft = f"+FT-{dropouts.pop()}" if len(dropouts) == 1 else "+FT"
-    metrics = [("test_acc", "Test Acc.")]
-    if any(res.has(d, "ood_acc") for d in layout):
-        oods = {_ood_label(ctx, d) for d in layout if res.has(d, "ood_acc")}
-        metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
+    metrics = [("test_acc", "Test Acc.")] + _ood_metric(res, ctx, layout)
     long = any(len(trio) == 4 for d in layout for trio in layout[d].rows.values())
     subs = ("Original", "+H", ft) + ((f"{ft} (long)",) if long else ())
     columns = [Column(sub, group) for _, group in metrics for sub in subs]
@@ -466,10 +471,7 @@ def table_related(frame, ctx) -> Table:
     if not layout:
         return _empty(who, title, "The related-methods comparison is not part of this configuration.", ("Method",))
     res = Results(frame, ("test_acc", "ood_acc", MCA_PLAIN, MCA, AUTHORS), who)
-    metrics = [("test_acc", "Test Acc.")]
-    if any(res.has(d, "ood_acc") for d in layout):
-        oods = {_ood_label(ctx, d) for d in layout if res.has(d, "ood_acc")}
-        metrics.append(("ood_acc", oods.pop() if len(oods) == 1 else "OOD Acc."))
+    metrics = [("test_acc", "Test Acc.")] + _ood_metric(res, ctx, layout)
     if any(res.has(d, MCA) for d in layout):
         metrics += [(MCA_PLAIN, "mCA"), (MCA, "mCA (cond.)")]
     metrics.append((AUTHORS, f"PGD-{a.steps} Acc."))

@@ -126,10 +126,12 @@ def _reproduced(res: Results, ctx: ReportContext, row, cell: str) -> tuple[Stat 
     return res.find(row.dataset, cell, metric, attack), ("student", row.dataset, cell, metric, attack)
 
 
+def _pgd(steps, eps_255) -> str:
+    return f"PGD-{int(steps)}, ε={format_number(eps_255)}/255"
+
+
 def _condition(row) -> str:
-    if row.metric != "robust_acc":
-        return ""
-    return f"PGD-{int(row.steps)}, ε={format_number(row.eps_255)}/255"
+    return _pgd(row.steps, row.eps_255) if row.metric == "robust_acc" else ""
 
 
 def _published_label(row) -> str:
@@ -189,7 +191,7 @@ def _without_counterpart(res: Results, ctx: ReportContext, matched: set) -> list
         if ("student", d, cell, metric, a) in matched:
             continue
         out.append({"table": "", "dataset": d, "cell": cell, "label": cell_label(ctx.cell(d, cell)),
-                    "metric": shown[metric], "condition": f"PGD-{steps}, ε={format_number(eps255)}/255" if a else "",
+                    "metric": shown[metric], "condition": _pgd(steps, eps255) if a else "",
                     "ours_mean": 100 * stat.mean, "ours_std": 100 * stat.std if stat.n > 1 else None, "n": stat.n,
                     "verdict": "no published counterpart"})
     for (d, kind, metric), rows in res.teachers.items():

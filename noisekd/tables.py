@@ -92,6 +92,16 @@ class Table:
             out[-1][1].append(row)
         return out
 
+    def _group_spans(self) -> list[tuple[str, int, int]]:
+        """(group, first, last column index) of each run of neighbouring columns sharing a group."""
+        spans: list[tuple[str, int, int]] = []
+        for i, c in enumerate(self.columns):
+            if spans and spans[-1][0] == c.group:
+                spans[-1] = (c.group, spans[-1][1], i)
+            else:
+                spans.append((c.group, i, i))
+        return spans
+
     @staticmethod
     def _shown_index(rows: list[Row]) -> list[list[str]]:
         """Index labels with repeats of the leading levels blanked, as the paper prints them."""
@@ -131,15 +141,8 @@ class Table:
                f"\\label{{tab:{self.name.replace('_', '-')}}}",
                "\\begin{tabular}{" + "l" * ni + "c" * nc + "}", "\\toprule"]
         if any(c.group for c in self.columns):
-            spans: list[tuple[str, int, int]] = []  # group, first column (1-based), last
-            for i, c in enumerate(self.columns):
-                pos = ni + i + 1
-                if spans and spans[-1][0] == c.group and spans[-1][2] == pos - 1:
-                    spans[-1] = (c.group, spans[-1][1], pos)
-                else:
-                    spans.append((c.group, pos, pos))
             top, rules = [""] * ni, []
-            for group, a, b in spans:
+            for group, a, b in ((g, ni + i + 1, ni + j + 1) for g, i, j in self._group_spans()):
                 top.append(f"\\multicolumn{{{b - a + 1}}}{{c}}{{{_tex(group)}}}" if group else "")
                 if group:
                     rules.append(f"\\cmidrule(lr){{{a}-{b}}}")
@@ -197,13 +200,7 @@ class Table:
                "<table>", "<thead>"]
         if any(c.group for c in self.columns):
             top = [f'<th colspan="{ni}"></th>']
-            i = 0
-            while i < len(self.columns):
-                j = i
-                while j + 1 < len(self.columns) and self.columns[j + 1].group == self.columns[i].group:
-                    j += 1
-                top.append(f'<th colspan="{j - i + 1}">{html.escape(self.columns[i].group)}</th>')
-                i = j + 1
+            top += [f'<th colspan="{j - i + 1}">{html.escape(g)}</th>' for g, i, j in self._group_spans()]
             out.append("<tr>" + "".join(top) + "</tr>")
         out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in self.index_names)
                    + "".join(f"<th>{html.escape(c.name)}</th>" for c in self.columns) + "</tr>")
