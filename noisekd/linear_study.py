@@ -8,8 +8,11 @@ measures each factor with two-layer linear networks on synthetic data of known s
 seconds on one CPU core.  It reports what the data show; nothing here is tuned toward the claim.
 
 Problem (one per seed; every sample as a row):
-- x = U·s with U a d×k orthonormal basis (QR of a Gaussian), s ~ N(0, I_k); y = A·x with
-  A ~ N(0, 1/k) entries (m×d), so each output has unit variance; the student sees z = x + n,
+- x = U·s with U a d×k orthonormal basis (QR of a Gaussian), s ~ N(0, I_k); the student's labels
+  y = A·x with A ~ N(0, 1/k) entries (m×d, m < k), so each output has unit variance and the labels
+  do not determine x.  The teacher's clean task is ȳ = Ā·x with Ā (`teacher_outputs` ≥ k rows, the
+  first m of them A): it must represent the whole subspace, so it knows more than the labels.
+  The student sees z = x + n,
   n ~ N(0, σ² I_d).  Student training set: `n_student` < d samples (over-parameterised: the noisy
   inputs span n_student dimensions, so the training loss can reach zero); a noisy validation set of
   `n_val` samples (early stopping only) and a fresh noisy test set of `n_test` samples (new x, new n).
@@ -18,8 +21,8 @@ Problem (one per seed; every sample as a row):
   reported beside it (`expected_test_error`); the best any linear map can do (E[y | z]) is
   σ²/(1+σ²)·‖AU‖²_F/m (method "oracle", metric `bayes_error`).
 
-Teacher: T2·T1 (hidden width h) trained by full-batch gradient descent from a small seeded init on
-clean pairs (x, y) drawn from the same problem (`n_teacher_many` or `n_teacher_few` < k samples)
+Teacher: T2·T1 (hidden width h ≥ k) trained by full-batch gradient descent from a small seeded init
+on clean pairs (x, ȳ) drawn from the same problem (`n_teacher_many` or `n_teacher_few` < k samples)
 until its training loss is below `teacher_tol` (or `teacher_steps`).
 
 Student: W2·W1 (same hidden width as its teacher) trained by full-batch gradient descent from a
@@ -27,8 +30,11 @@ small seeded init (`init_scale`) on
 
     L(W1, W2) = (1/N) Σ_i ‖W2 W1 z_i − y_i‖² + λ (1/N) Σ_i ‖W1 z_i − T1 x_i‖²
 
-with λ = `lam` (method "student_teacher") or λ = 0 (method "baseline"); both methods of a seed
-share the data and the initial weights, so their differences are paired.  Stopping rules:
+with λ = `lam` (method "student_teacher") or λ = 0 (method "baseline").  The control "label_only"
+uses the same loss towards Y·C, the hidden target fitted from the labels alone (C the least-squares
+fit of T1·x on y over the training set): ST minus label-only is what the teacher's knowledge beyond
+the labels does.  All methods of a seed share the data and the initial weights, so their differences
+are paired.  Stopping rules:
 - early-stopped (`early_stop="validation"`, default): train `val_window` steps and keep the iterate
   with the lowest validation error (checked every `eval_every` steps; the earliest on ties); each
   method gets its own best step.  `early_stop="fixed"`: stop after `early_steps` steps.
@@ -38,7 +44,8 @@ share the data and the initial weights, so their differences are paired.  Stoppi
 Factors (`FACTORS`), each setting changing one thing from the reference (early-stopped student,
 teacher on `n_teacher_many` samples, hidden width h, no re-mixing):
 1. `training`: `early_stopped` vs `zero_loss`.
-2. `teacher_knowledge`: `many_samples` vs `few_samples` (teacher learns only part of the subspace).
+2. `teacher_knowledge`: `many_samples` vs `few_samples` (teacher learns only part of the subspace)
+   vs `labels_only` (a teacher trained on the student's m labels alone: label-only equals ST).
 3. `decomposition`: the reference teacher with its hidden layer re-mixed, T1 → B·T1, T2 → T2·B⁻¹
    (end-to-end function unchanged), B = P·diag(s)·Qᵀ with P, Q random orthogonal and s log-spaced
    from 1 to 1/`condition_number`, scaled so ‖B‖_F = √h (same feature energy as an orthogonal B):
@@ -46,11 +53,12 @@ teacher on `n_teacher_many` samples, hidden width h, no re-mixing):
    of hidden width `wide_h` ≫ k trained like the reference, with a student of the same width.
 
 Outputs of `run_study(config)`:
-- results: tidy rows (factor, setting, method, seed, metric, value).  Methods "baseline" and
-  "student_teacher" carry test_error, expected_test_error, min_test_error (lowest test error along
+- results: tidy rows (factor, setting, method, seed, metric, value).  Methods "baseline",
+  "label_only" and "student_teacher" carry test_error, expected_test_error, min_test_error (lowest test error along
   the trajectory, an oracle reference), final_train_loss (L at the kept iterate), final_fit_loss
   (its first term), stop_step and reached_tol (1.0 if L < zero_loss_tol at the kept iterate);
-  method "teacher" carries clean_test_error, train_loss, n_clean, hidden_width, mix_condition,
+  method "teacher" carries clean_test_error (on its own task), train_loss, n_clean, hidden_width,
+  outputs, label_r2 (share of its features' energy on the training inputs that the labels explain), mix_condition,
   function_gap (max |(T2'T1' − T2T1)U| against the reference teacher, so ~0 for a re-mix) and
   feature_change (‖T1'X − T1X‖_F/‖T1X‖_F on the student's clean training inputs; NaN for another
   width); method "oracle" carries bayes_error.  `results.attrs["config"]` holds the config.
@@ -99,7 +107,7 @@ __all__ = [
     "run_study", "verdict", "study_table", "study_figure", "StudyTable", "main",
 ]
 
-METHODS = ("baseline", "student_teacher")
+METHODS = ("baseline", "label_only", "student_teacher")
 STUDENT_METRICS = ("test_error", "expected_test_error", "min_test_error", "final_train_loss", "final_fit_loss",
                    "stop_step", "reached_tol")
 RESULT_COLUMNS = ("factor", "setting", "method", "seed", "metric", "value")
@@ -118,7 +126,8 @@ class Problem:
     """One seed's data; every matrix holds samples as rows."""
 
     U: np.ndarray  # d × k orthonormal
-    A: np.ndarray  # m × d
+    A: np.ndarray  # m × d: the student's labels y = A·x
+    A_teacher: np.ndarray  # teacher_outputs × d: the teacher's clean task, whose first m rows are A
     sigma: float
     X: np.ndarray  # clean training inputs, N × d
     Y: np.ndarray  # N × m
@@ -143,9 +152,9 @@ def make_problem(config: StudyConfig, seed: int) -> Problem:
     rng = _rng(seed, "problem")
     q, r = np.linalg.qr(rng.standard_normal((config.d, config.k)))
     U = q * np.sign(np.diag(r))
-    A = rng.standard_normal((config.m, config.d)) / math.sqrt(config.k)
+    A_teacher = rng.standard_normal((config.teacher_outputs, config.d)) / math.sqrt(config.k)
     empty = np.empty((0, config.d))
-    p = Problem(U, A, config.sigma, *([empty] * 9))
+    p = Problem(U, A_teacher[:config.m], A_teacher, config.sigma, *([empty] * 9))
     p.X, p.Y, p.Z = p.noisy(_rng(seed, "train"), config.n_student)
     p.X_val, p.Y_val, p.Z_val = p.noisy(_rng(seed, "val"), config.n_val)
     p.X_test, p.Y_test, p.Z_test = p.noisy(_rng(seed, "test"), config.n_test)
@@ -254,19 +263,42 @@ def train_two_layer(W1, W2, inputs, targets, *, lr: float, max_steps: int, teach
                bool(tol is not None and bloss < tol), {"last_step": t, "last_loss": float(loss)})
 
 
-def _init(config: StudyConfig, seed: int, h: int, stream: str) -> tuple[np.ndarray, np.ndarray]:
+def _init(config: StudyConfig, seed: int, h: int, stream: str, outputs: int | None = None):
     rng = _rng(seed, f"{stream}/h{h}")
     return (config.init_scale * rng.standard_normal((h, config.d)),
-            config.init_scale * rng.standard_normal((config.m, h)))
+            config.init_scale * rng.standard_normal((outputs or config.m, h)))
 
 
-def train_teacher(config: StudyConfig, problem: Problem, seed: int, n: int, h: int) -> Run:
-    """A two-layer linear teacher trained on n clean pairs; `test_error` is its clean test error."""
-    X, Y = problem.clean(_rng(seed, f"teacher_data/n{n}"), n)
-    W1, W2 = _init(config, seed, h, f"teacher_init/n{n}")
-    return train_two_layer(W1, W2, X, Y, lr=config.teacher_lr, max_steps=config.teacher_steps, tol=config.teacher_tol,
-                           test=(problem.X_test, problem.Y_test), eval_every=max(config.teacher_steps, 1),
-                           who=f"teacher (seed {seed}, {n} clean samples, width {h})")
+def teacher_task(problem: Problem, outputs: str) -> np.ndarray:
+    """The teacher's clean targets are `task @ x`: the full task ("full") or the student's labels alone ("labels")."""
+    return problem.A_teacher if outputs == "full" else problem.A
+
+
+def train_teacher(config: StudyConfig, problem: Problem, seed: int, n: int, h: int, outputs: str = "full") -> Run:
+    """A two-layer linear teacher trained on n clean pairs of its task; `test_error` is its clean test error."""
+    task = teacher_task(problem, outputs)
+    X, _ = problem.clean(_rng(seed, f"teacher_data/n{n}"), n)
+    W1, W2 = _init(config, seed, h, f"teacher_init/n{n}/{outputs}", outputs=task.shape[0])
+    return train_two_layer(W1, W2, X, X @ task.T, lr=config.teacher_lr, max_steps=config.teacher_steps,
+                           tol=config.teacher_tol, test=(problem.X_test, problem.X_test @ task.T),
+                           eval_every=max(config.teacher_steps, 1),
+                           who=f"teacher (seed {seed}, {n} clean samples, width {h}, {outputs} task)")
+
+
+def label_only_target(labels: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """The hidden target fitted from the labels alone: Y·C with C = argmin ‖Y·C − F‖ (least squares).
+
+    It is the part of the teacher's features that the labels already determine; a student trained
+    towards it gets everything the teacher offers except what the teacher knows beyond the labels.
+    """
+    C = np.linalg.lstsq(labels, features, rcond=None)[0]
+    return labels @ C
+
+
+def label_r2(labels: np.ndarray, features: np.ndarray) -> float:
+    """Fraction of the features' energy that a linear function of the labels explains (1: the labels suffice)."""
+    residual = features - label_only_target(labels, features)
+    return float(1.0 - np.sum(residual**2) / np.sum(features**2))
 
 
 def remix_matrix(h: int, condition_number: float, rng: np.random.Generator) -> np.ndarray:
@@ -293,6 +325,7 @@ class _Setting:
     factor: str
     setting: str
     teacher: str  # "many" or "few"
+    outputs: str  # the teacher's task: "full" or "labels"
     h: int
     mix: float | None  # condition number of B, None for no re-mix
     regime: str  # "early" or "zero"
@@ -300,13 +333,14 @@ class _Setting:
 
 def _settings(config: StudyConfig) -> list[_Setting]:
     table = {
-        ("training", "early_stopped"): ("many", config.h, None, "early"),
-        ("training", "zero_loss"): ("many", config.h, None, "zero"),
-        ("teacher_knowledge", "many_samples"): ("many", config.h, None, "early"),
-        ("teacher_knowledge", "few_samples"): ("few", config.h, None, "early"),
-        ("decomposition", "orthogonal_mix"): ("many", config.h, 1.0, "early"),
-        ("decomposition", "ill_conditioned_mix"): ("many", config.h, config.condition_number, "early"),
-        ("decomposition", "wide_hidden"): ("many", config.wide_h, None, "early"),
+        ("training", "early_stopped"): ("many", "full", config.h, None, "early"),
+        ("training", "zero_loss"): ("many", "full", config.h, None, "zero"),
+        ("teacher_knowledge", "many_samples"): ("many", "full", config.h, None, "early"),
+        ("teacher_knowledge", "few_samples"): ("few", "full", config.h, None, "early"),
+        ("teacher_knowledge", "labels_only"): ("many", "labels", config.h, None, "early"),
+        ("decomposition", "orthogonal_mix"): ("many", "full", config.h, 1.0, "early"),
+        ("decomposition", "ill_conditioned_mix"): ("many", "full", config.h, config.condition_number, "early"),
+        ("decomposition", "wide_hidden"): ("many", "full", config.wide_h, None, "early"),
     }
     return [_Setting(f, s, *table[(f, s)]) for f in config.factors for s in FACTORS[f]]
 
@@ -333,50 +367,57 @@ def _one_blas_thread():
         yield
 
 
+def _teacher_metrics(config: StudyConfig, problem: Problem, st: _Setting, T: Run, T1, T2, ref: Run,
+                     mix_condition: float) -> dict:
+    task = teacher_task(problem, st.outputs)
+    feat, ref_feat = problem.X @ T1.T, problem.X @ ref.W1.T
+    same_task = T2.shape == ref.W2.shape
+    return {
+        "clean_test_error": _mse(T2 @ T1, problem.X_test, problem.X_test @ task.T),
+        "train_loss": T.loss,
+        "n_clean": float(config.n_teacher_many if st.teacher == "many" else config.n_teacher_few),
+        "hidden_width": float(st.h),
+        "outputs": float(task.shape[0]),
+        "mix_condition": mix_condition,
+        "function_gap": float(np.max(np.abs((T2 @ T1 - ref.W2 @ ref.W1) @ problem.U))) if same_task else float("nan"),
+        "feature_change": float(np.linalg.norm(feat - ref_feat) / np.linalg.norm(ref_feat))
+        if feat.shape == ref_feat.shape else float("nan"),
+        "label_r2": label_r2(problem.Y, feat),
+    }
+
+
 def _seed_rows(config: StudyConfig, seed: int, rows: list, curves: list) -> None:
     problem = make_problem(config, seed)
-    teachers: dict[tuple[str, int], Run] = {}
+    teachers: dict[tuple, Run] = {}
     students: dict[tuple, Run] = {}
 
-    def teacher(kind: str, h: int) -> Run:
-        if (kind, h) not in teachers:
+    def teacher(kind: str, h: int, outputs: str) -> Run:
+        if (kind, h, outputs) not in teachers:
             n = config.n_teacher_many if kind == "many" else config.n_teacher_few
-            teachers[(kind, h)] = train_teacher(config, problem, seed, n, h)
-        return teachers[(kind, h)]
+            teachers[(kind, h, outputs)] = train_teacher(config, problem, seed, n, h, outputs)
+        return teachers[(kind, h, outputs)]
 
-    ref = teacher("many", config.h)
-    ref_map = ref.W2 @ ref.W1
-    ref_feat = problem.X @ ref.W1.T
+    ref = teacher("many", config.h, "full")
     oracle = bayes_error(problem.U, problem.A, problem.sigma)
     for st in _settings(config):
-        T = teacher(st.teacher, st.h)
-        T1, T2 = T.W1, T.W2
-        mix_condition = 1.0
+        T = teacher(st.teacher, st.h, st.outputs)
+        T1, T2, mix_condition = T.W1, T.W2, 1.0
         if st.mix is not None:
             B = remix_matrix(st.h, st.mix, _rng(seed, f"remix/{st.mix!r}"))
-            T1, T2 = remix(T1, T2, B)
-            mix_condition = float(np.linalg.cond(B))
-        feat = problem.X @ T1.T
-        tinfo = {
-            "clean_test_error": _mse(T2 @ T1, problem.X_test, problem.Y_test),
-            "train_loss": T.loss,
-            "n_clean": float(config.n_teacher_many if st.teacher == "many" else config.n_teacher_few),
-            "hidden_width": float(st.h),
-            "mix_condition": mix_condition,
-            "function_gap": float(np.max(np.abs((T2 @ T1 - ref_map) @ problem.U))),
-            "feature_change": float(np.linalg.norm(feat - ref_feat) / np.linalg.norm(ref_feat))
-            if feat.shape == ref_feat.shape else float("nan"),
-        }
+            T1, T2, mix_condition = *remix(T1, T2, B), float(np.linalg.cond(B))
         base = (st.factor, st.setting)
+        tinfo = _teacher_metrics(config, problem, st, T, T1, T2, ref, mix_condition)
         rows += [(*base, "teacher", seed, k, v) for k, v in tinfo.items()]
         rows.append((*base, "oracle", seed, "bayes_error", oracle))
+        feat = problem.X @ T1.T
+        targets = {"baseline": None, "label_only": label_only_target(problem.Y, feat), "student_teacher": feat}
         W0 = _init(config, seed, st.h, "student_init")
         for method in METHODS:
-            lam = config.lam if method == "student_teacher" else 0.0
-            key = (st.h, st.regime, lam) + ((st.teacher, st.mix) if lam else ())
+            lam = 0.0 if method == "baseline" else config.lam
+            key = (st.h, st.regime) + ((method, st.teacher, st.outputs, st.mix) if lam else ())
             if key not in students:
                 who = f"student ({method}, {st.factor}/{st.setting}, seed {seed})"
-                students[key] = _student(config, problem, W0, feat, lam, st.regime, who)
+                students[key] = _student(config, problem, W0, targets[method], lam, st.regime, who)
             run = students[key]
             M = run.W2 @ run.W1
             metrics = {
@@ -431,6 +472,8 @@ def _setting_label(factor: str, setting: str, teacher: Mapping[str, float], cfg:
         return f"Trained to zero loss (< {tol:.0e})" if tol is not None else "Trained to zero loss"
     if setting in ("many_samples", "few_samples"):
         return f"Teacher on {n} clean samples" if n is not None else setting.replace("_", " ")
+    if setting == "labels_only":
+        return f"Teacher trained on the labels alone ({n} samples)" if n is not None else "Teacher on the labels alone"
     if setting == "orthogonal_mix":
         return "Re-mixed, orthogonal B"
     if setting == "ill_conditioned_mix":
@@ -473,9 +516,10 @@ class _Text(TableCell):
 
 class StudyTable(Table):
     """`noisekd.tables.Table` whose CSV holds the raw numbers (MSE, not percent) under snake_case names:
-    factor, setting, then each column's fields (teacher_clean_mse_mean/std, baseline_mse_mean/std,
-    st_mse_mean/std, effect_mean/std (baseline - ST), effect_relative (fraction of the baseline mean),
-    st_wins, n_seeds, verdict, baseline/st_train_loss, baseline/st_stop_step)."""
+    factor, setting, then each column's fields: teacher_clean_mse_mean/std, label_r2, baseline_mse_mean/std,
+    label_only_mse_mean/std, st_mse_mean/std; effect_mean/std/relative (baseline - ST, relative to the
+    baseline mean), effect_st_wins, effect_verdict; the same with prefix effect_vs_label_only (label-only -
+    ST); baseline/label_only/student_teacher_stop_step and n_seeds."""
 
     def to_csv(self) -> str:
         buf = io.StringIO()
@@ -514,8 +558,61 @@ def _mean_sd(values: np.ndarray) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else float("nan")
 
 
+def _comparison(prefix: str, ref: np.ndarray, st: np.ndarray, min_rel: float) -> tuple[list[_Text], str]:
+    """Cells (Δ, relative Δ, wins, verdict) of ST against a reference method, paired per seed."""
+    diff = ref - st
+    ref_mean, _ = _mean_sd(ref)
+    d_mean, d_sd = _mean_sd(diff)
+    rel = d_mean / ref_mean if ref_mean else float("nan")
+    wins = int(np.sum(diff > 0))
+    v = verdict(diff, ref_mean, min_rel)
+    return [
+        _Text(shown=f"{_pm(diff, '+.3f')} ({100 * rel:+.1f}%)" if math.isfinite(rel) else "n/a",
+              fields=((f"{prefix}_mean", d_mean), (f"{prefix}_std", d_sd), (f"{prefix}_relative", rel))),
+        _Text(shown=f"{wins}/{diff.size}", fields=((f"{prefix}_st_wins", wins),)),
+        _Text(shown=v, fields=((f"{prefix}_verdict", v),)),
+    ], v
+
+
+def _errors_cell(name: str, values: np.ndarray) -> _Text:
+    mean, sd = _mean_sd(values)
+    return _Text(shown=_pm(values), fields=((f"{name}_mse_mean", mean), (f"{name}_mse_std", sd)))
+
+
+def _study_row(f: str, s: str, sub: pd.DataFrame, cfg: Mapping[str, Any], min_rel: float) -> tuple[Row, int]:
+    def col(method, metric):
+        key = (method, metric)
+        return sub[key].to_numpy(dtype=float) if key in sub.columns else np.full(len(sub), np.nan)
+
+    errors = {m: col(m, "test_error") for m in METHODS}
+    ok = np.logical_and.reduce([np.isfinite(v) for v in errors.values()])
+    b, lo, t = (errors[m][ok] for m in METHODS)
+    teacher = {m: float(np.nanmean(col("teacher", m))) if np.isfinite(col("teacher", m)).any() else float("nan")
+               for m in ("n_clean", "hidden_width", "mix_condition", "label_r2")}
+    tc = col("teacher", "clean_test_error")
+    tc = tc[np.isfinite(tc)]
+    tc_mean, tc_sd = _mean_sd(tc)
+    vs_base, v_base = _comparison("effect", b, t, min_rel)
+    vs_labels, v_labels = _comparison("effect_vs_label_only", lo, t, min_rel)
+    r2 = teacher["label_r2"]
+    stops = "/".join(f"{np.nanmean(col(m, 'stop_step')):.0f}" for m in METHODS)
+    cells = [
+        _Text(shown=_pm(tc, ".2e") if tc.size else "-",
+              fields=(("teacher_clean_mse_mean", tc_mean), ("teacher_clean_mse_std", tc_sd))),
+        _Text(shown=f"{r2:.2f}" if math.isfinite(r2) else "-", fields=(("label_r2", r2),)),
+        _errors_cell("baseline", b), _errors_cell("label_only", lo), _errors_cell("st", t),
+        *vs_base, *vs_labels,
+        _Text(shown=stops, fields=tuple((f"{m}_stop_step", float(np.nanmean(col(m, "stop_step")))) for m in METHODS)
+              + (("n_seeds", int(ok.sum())),)),
+    ]
+    for v, ref_cell in ((v_base, 2), (v_labels, 3)):  # bold: the better of each pair with a clear verdict
+        if v in ("ST succeeds", "ST fails (worse)"):
+            cells[4 if v == "ST succeeds" else ref_cell].bold = True
+    return Row((FACTOR_LABELS.get(f, f), _setting_label(f, s, teacher, cfg)), cells), int(ok.sum())
+
+
 def study_table(results: pd.DataFrame, min_rel: float = 0.01) -> StudyTable:
-    """Per factor setting: teacher clean error, baseline and ST test errors, paired effect and verdict."""
+    """Per factor setting: teacher, baseline, label-only and ST test errors, ST's paired effects and verdicts."""
     if not isinstance(results, pd.DataFrame):
         raise NoiseKDError(f"study_table: expected a results DataFrame, got {type(results).__name__}")
     missing = [c for c in RESULT_COLUMNS if c not in results.columns]
@@ -527,71 +624,43 @@ def study_table(results: pd.DataFrame, min_rel: float = 0.01) -> StudyTable:
     order = [(f, s) for f in FACTORS for s in FACTORS[f]]
     present = list(dict.fromkeys((f, s) for f, s, _ in wide.index))
     order = [p for p in order if p in present] + [p for p in present if p not in order]
-    heads = ["Teacher clean MSE", "Baseline MSE", "ST MSE", "Δ = B - ST", "Rel. Δ", "ST wins", "Verdict",
-             "Train loss B / ST", "Stop step B / ST"]
-    rows = []
-    n_seeds = set()
+    rows, n_seeds = [], set()
     for f, s in order:
-        sub = wide.loc[(f, s)]
+        row, n = _study_row(f, s, wide.loc[(f, s)], cfg, min_rel)
+        rows.append(row)
+        n_seeds.add(n)
+    columns = [Column("Teacher clean MSE"), Column("Labels explain"), Column("Baseline MSE"),
+               Column("Label-only MSE"), Column("ST MSE"),
+               Column("Δ", "ST vs baseline"), Column("ST wins", "ST vs baseline"), Column("Verdict", "ST vs baseline"),
+               Column("Δ", "ST vs label-only"), Column("ST wins", "ST vs label-only"),
+               Column("Verdict", "ST vs label-only"), Column("Stop step B/LO/ST")]
+    return StudyTable("linear_study", "Clean-to-noisy student-teacher learning in deep linear networks",
+                      _caption(results, cfg, n_seeds, min_rel), ("Factor", "Setting"), columns, rows)
 
-        def col(method, metric):
-            key = (method, metric)
-            return sub[key].to_numpy(dtype=float) if key in sub.columns else np.full(len(sub), np.nan)
 
-        b, t = col("baseline", "test_error"), col("student_teacher", "test_error")
-        ok = np.isfinite(b) & np.isfinite(t)
-        b, t = b[ok], t[ok]
-        n_seeds.add(int(ok.sum()))
-        diff = b - t
-        b_mean, b_sd = _mean_sd(b)
-        t_mean, t_sd = _mean_sd(t)
-        d_mean, d_sd = _mean_sd(diff)
-        rel = d_mean / b_mean if b_mean else float("nan")
-        wins = int(np.sum(diff > 0))
-        v = verdict(diff, b_mean, min_rel)
-        teacher = {m: float(np.nanmean(col("teacher", m))) if np.isfinite(col("teacher", m)).any() else float("nan")
-                   for m in ("n_clean", "hidden_width", "mix_condition")}
-        tc = col("teacher", "clean_test_error")
-        tc = tc[np.isfinite(tc)]
-        tc_mean, tc_sd = _mean_sd(tc)
-        lb, lt = col("baseline", "final_train_loss"), col("student_teacher", "final_train_loss")
-        sb, stp = col("baseline", "stop_step"), col("student_teacher", "stop_step")
-        cells = [
-            _Text(shown=_pm(tc, ".2e") if tc.size else "-",
-                  fields=(("teacher_clean_mse_mean", tc_mean), ("teacher_clean_mse_std", tc_sd))),
-            _Text(shown=_pm(b), fields=(("baseline_mse_mean", b_mean), ("baseline_mse_std", b_sd))),
-            _Text(shown=_pm(t), fields=(("st_mse_mean", t_mean), ("st_mse_std", t_sd))),
-            _Text(shown=_pm(diff, "+.3f"), fields=(("effect_mean", d_mean), ("effect_std", d_sd))),
-            _Text(shown=f"{100 * rel:+.1f}%" if math.isfinite(rel) else "n/a", fields=(("effect_relative", rel),)),
-            _Text(shown=f"{wins}/{diff.size}", fields=(("st_wins", wins), ("n_seeds", diff.size))),
-            _Text(shown=v, fields=(("verdict", v),)),
-            _Text(shown=f"{np.nanmean(lb):.1e} / {np.nanmean(lt):.1e}",
-                  fields=(("baseline_train_loss", float(np.nanmean(lb))), ("st_train_loss", float(np.nanmean(lt))))),
-            _Text(shown=f"{np.nanmean(sb):.0f} / {np.nanmean(stp):.0f}",
-                  fields=(("baseline_stop_step", float(np.nanmean(sb))), ("st_stop_step", float(np.nanmean(stp))))),
-        ]
-        if v in ("ST succeeds", "ST fails (worse)"):
-            cells[1 if v == "ST fails (worse)" else 2].bold = True
-        rows.append(Row((FACTOR_LABELS.get(f, f), _setting_label(f, s, teacher, cfg)), cells))
+def _caption(results: pd.DataFrame, cfg: Mapping[str, Any], n_seeds: set, min_rel: float) -> str:
     oracle = results.loc[(results["method"] == "oracle") & (results["metric"] == "bayes_error"), "value"]
     seeds = "/".join(str(n) for n in sorted(n_seeds)) or "0"
     parts = [
         f"Deep linear networks (two layers), noisy student vs clean teacher; mean ± std over {seeds} seeds of the "
         "test MSE per output on fresh noisy inputs (new x, new noise).",
-        "ST: student-teacher loss (fit + lam times the feature match to the clean teacher's hidden layer); B: baseline "
-        "(lam = 0), same data and initialisation, so Δ = B - ST is paired per seed (positive: ST better).",
-        f"Verdict: 'ST succeeds' if mean Δ exceeds the seeds' std of Δ and {100 * min_rel:g}% of the baseline "
+        "ST: student-teacher loss (fit + lam times the feature match to the clean teacher's hidden layer T1·x); "
+        "baseline: lam = 0; label-only control: the same loss towards the hidden target fitted from the labels "
+        "alone (least squares of T1·x on y over the training set), so ST vs label-only is what the teacher knows "
+        "beyond the labels.  'Labels explain': the share of the teacher's feature energy that this fit captures.",
+        "All methods of a seed share data and initialisation, so Δ (reference minus ST; positive: ST better, "
+        "relative to the reference in brackets) is paired per seed.",
+        f"Verdict: 'ST succeeds' if mean Δ exceeds the seeds' std of Δ and {100 * min_rel:g}% of the reference "
         "error, 'ST fails (worse)' symmetrically, 'negligible' if beyond the spread but below that size, "
-        "otherwise 'within seed spread'; the better method is bold.",
+        "otherwise 'within seed spread'; the better of the pair is bold.",
     ]
     if cfg:
-        parts.append(f"d={cfg.get('d')}, k={cfg.get('k')}, m={cfg.get('m')}, h={cfg.get('h')}, sigma={cfg.get('sigma')}, "
+        parts.append(f"d={cfg.get('d')}, k={cfg.get('k')}, m={cfg.get('m')} labels, h={cfg.get('h')}, "
+                     f"teacher task of {cfg.get('teacher_outputs')} outputs, sigma={cfg.get('sigma')}, "
                      f"N={cfg.get('n_student')} noisy training samples, lam={cfg.get('lam')}, lr={cfg.get('lr')}.")
     if len(oracle):
         parts.append(f"Best linear predictor (Bayes) error {oracle.mean():.3f}; predicting 0 gives about 1.")
-    parts.append("Train loss: the objective of each method at the kept iterate (ST includes its feature term).")
-    return StudyTable("linear_study", "Clean-to-noisy student-teacher learning in deep linear networks",
-                      " ".join(parts), ("Factor", "Setting"), [Column(h) for h in heads], rows)
+    return " ".join(parts)
 
 
 # -- figure ------------------------------------------------------------------------------------------
@@ -607,7 +676,7 @@ def _band(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def study_figure(curves: pd.DataFrame, results: pd.DataFrame | None = None) -> Figure:
-    """Test error vs gradient step, one panel per factor: baseline (dashed) vs ST (solid) per setting.
+    """Test error vs gradient step, one panel per factor: baseline (dashed), label-only (dotted), ST (solid).
 
     Mean ± std over seeds as bands; settings by colour.  Curves that coincide (e.g. the early-stopped
     and zero-loss runs share their trajectory up to the early stop) stay visible: each later setting
@@ -628,7 +697,8 @@ def study_figure(curves: pd.DataFrame, results: pd.DataFrame | None = None) -> F
         tr = results.loc[results["method"] == "teacher"]
         teacher_info = {k: g.groupby("metric")["value"].mean().to_dict() for k, g in tr.groupby(["factor", "setting"])}
     palette = sns.color_palette("colorblind")
-    styles = {"baseline": ("--", "s", "baseline (lam = 0)"), "student_teacher": ("-", "o", "student-teacher")}
+    styles = {"baseline": ("--", "s", "baseline (lam = 0)"), "label_only": (":", "^", "label-only control"),
+              "student_teacher": ("-", "o", "student-teacher")}
     with sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.0):
         n = max(len(factors), 1)
         fig, axes = plt.subplots(1, n, figsize=(PANEL_W * n, PANEL_H + 0.9), layout="constrained", squeeze=False)

@@ -14,7 +14,7 @@ from .errors import NoiseKDError
 
 FACTORS: dict[str, tuple[str, ...]] = {
     "training": ("early_stopped", "zero_loss"),
-    "teacher_knowledge": ("many_samples", "few_samples"),
+    "teacher_knowledge": ("many_samples", "few_samples", "labels_only"),
     "decomposition": ("orthogonal_mix", "ill_conditioned_mix", "wide_hidden"),
 }
 
@@ -22,12 +22,13 @@ FACTORS: dict[str, tuple[str, ...]] = {
 @dataclass(frozen=True)
 class StudyConfig:
     d: int = 50  # input dimension
-    k: int = 5  # dimension of the clean-input subspace
-    m: int = 5  # outputs
-    h: int = 5  # hidden width of teacher and student (reference)
+    k: int = 8  # dimension of the clean-input subspace
+    m: int = 2  # the student's outputs, its labels (< k: the labels do not determine the clean input)
+    h: int = 8  # hidden width of teacher and student (>= k: the teacher can hold the whole subspace)
+    teacher_outputs: int = 8  # outputs of the teacher's clean task (>= k); its first m are the labels
     sigma: float = 0.5  # input noise std of the student
     n_student: int = 30  # noisy training samples (< d: over-parameterised)
-    n_teacher_few: int = 3  # clean samples of the unknowledgeable teacher (< k)
+    n_teacher_few: int = 4  # clean samples of the unknowledgeable teacher (< k)
     n_teacher_many: int = 200  # clean samples of the knowledgeable teacher (>= k)
     n_val: int = 100  # noisy validation samples (early stopping)
     n_test: int = 2000  # fresh noisy test samples
@@ -83,7 +84,7 @@ class StudyConfig:
         def bad(key: str, why: str):
             raise NoiseKDError(f"linear study config key {key!r}: {why} (got {getattr(self, key)!r})")
 
-        for key in ("d", "k", "m", "h", "n_student", "n_teacher_few", "n_teacher_many", "n_val", "n_test", "steps",
+        for key in ("d", "k", "m", "h", "teacher_outputs", "n_student", "n_teacher_few", "n_teacher_many", "n_val", "n_test", "steps",
                     "val_window", "early_steps", "teacher_steps", "eval_every", "wide_h"):
             if getattr(self, key) < 1:
                 bad(key, "must be at least 1")
@@ -100,8 +101,14 @@ class StudyConfig:
             bad("n_teacher_few", f"must be below k={self.k} so that the teacher sees only part of the subspace")
         if self.n_teacher_many < self.k:
             bad("n_teacher_many", f"must be at least k={self.k} so that the teacher can learn the whole subspace")
-        if self.h < min(self.k, self.m):
-            bad("h", f"must be at least min(k, m)={min(self.k, self.m)} so that the teacher can be exact")
+        if self.m >= self.k:
+            bad("m", f"must be below k={self.k}: with m >= k the labels determine the clean input, and a teacher "
+                     "cannot know more than them")
+        if self.h < self.k:
+            bad("h", f"must be at least k={self.k} so that the teacher's hidden layer can hold the whole subspace")
+        if self.teacher_outputs < self.k:
+            bad("teacher_outputs", f"must be at least k={self.k} so that the teacher's clean task covers the "
+                                   "whole subspace")
         if self.wide_h <= self.h:
             bad("wide_h", f"must exceed h={self.h}")
         if not (math.isfinite(self.condition_number) and self.condition_number >= 1):

@@ -36,6 +36,8 @@ def test_problem_shapes_and_structure():
     cfg = ls.StudyConfig()
     p = ls.make_problem(cfg, 0)
     assert p.U.shape == (cfg.d, cfg.k) and p.A.shape == (cfg.m, cfg.d)
+    assert p.A_teacher.shape == (cfg.teacher_outputs, cfg.d) and np.array_equal(p.A_teacher[:cfg.m], p.A)
+    assert cfg.m < cfg.k <= min(cfg.h, cfg.teacher_outputs)  # the labels leave room for the teacher to know more
     np.testing.assert_allclose(p.U.T @ p.U, np.eye(cfg.k), atol=1e-12)
     for X, Y, Z, n in ((p.X, p.Y, p.Z, cfg.n_student), (p.X_val, p.Y_val, p.Z_val, cfg.n_val),
                        (p.X_test, p.Y_test, p.Z_test, cfg.n_test)):
@@ -160,6 +162,43 @@ def test_few_sample_teacher_is_worse_on_the_clean_problem(study):
     assert np.all(_metric(results, "teacher_knowledge", "few_samples", "teacher", "n_clean") < ls.StudyConfig().k)
 
 
+def test_label_only_target_is_the_least_squares_fit_from_the_labels():
+    rng = np.random.default_rng(0)
+    Y = rng.standard_normal((30, 2))
+    C = rng.standard_normal((2, 8))
+    np.testing.assert_allclose(ls.label_only_target(Y, Y @ C), Y @ C, atol=1e-12)  # the labels suffice
+    assert ls.label_r2(Y, Y @ C) == pytest.approx(1.0)
+    Q = np.linalg.qr(np.concatenate([Y, rng.standard_normal((30, 3))], axis=1))[0][:, 2:]  # orthogonal to Y
+    np.testing.assert_allclose(ls.label_only_target(Y, Q), 0.0, atol=1e-12)  # nothing of it in the labels
+    assert ls.label_r2(Y, Q) == pytest.approx(0.0, abs=1e-12)
+    F = Y @ C + Q @ rng.standard_normal((3, 8))
+    target = ls.label_only_target(Y, F)
+    np.testing.assert_allclose(Y.T @ (F - target), 0.0, atol=1e-10)  # the residual is orthogonal to the labels
+    np.testing.assert_allclose(target, Y @ C, atol=1e-10)
+
+
+def test_label_only_control_row(study):
+    results, _ = study
+    cfg = ls.StudyConfig()
+    # the reference teacher knows more than the labels: they explain only part of its features ...
+    r2 = _metric(results, "teacher_knowledge", "many_samples", "teacher", "label_r2")
+    assert np.all(r2 < 0.9) and np.all(r2 > 0.0)
+    assert np.all(_metric(results, "teacher_knowledge", "many_samples", "teacher", "outputs") == cfg.teacher_outputs)
+    # ... while a teacher trained on the labels alone knows nothing more, so ST equals its label-only control
+    assert np.all(_metric(results, "teacher_knowledge", "labels_only", "teacher", "outputs") == cfg.m)
+    # (up to what is left of its small random initialisation in the hidden directions it never used)
+    np.testing.assert_allclose(_metric(results, "teacher_knowledge", "labels_only", "teacher", "label_r2"), 1.0,
+                               atol=1e-4)
+    np.testing.assert_allclose(_metric(results, "teacher_knowledge", "labels_only", "label_only", "test_error"),
+                               _metric(results, "teacher_knowledge", "labels_only", "student_teacher", "test_error"),
+                               rtol=1e-3)
+    # the control is a run of its own: its target differs from the teacher's features where they know more
+    lo = _metric(results, "teacher_knowledge", "many_samples", "label_only", "test_error")
+    st = _metric(results, "teacher_knowledge", "many_samples", "student_teacher", "test_error")
+    base = _metric(results, "teacher_knowledge", "many_samples", "baseline", "test_error")
+    assert lo.shape == st.shape == (2,) and np.all(np.abs(lo - st) > 1e-4) and np.all(np.abs(lo - base) > 1e-4)
+
+
 # -- frames, determinism, config ----------------------------------------------------------------------
 
 
@@ -169,13 +208,13 @@ def test_frames_are_tidy(study):
     assert list(curves.columns) == list(ls.CURVE_COLUMNS)
     settings = {(f, s) for f, ss in ls.FACTORS.items() for s in ss}
     assert set(map(tuple, results[["factor", "setting"]].drop_duplicates().to_numpy())) == settings
-    assert set(results["method"]) == {"baseline", "student_teacher", "teacher", "oracle"}
+    assert set(results["method"]) == {"baseline", "label_only", "student_teacher", "teacher", "oracle"}
     assert not results.duplicated(["factor", "setting", "method", "seed", "metric"]).any()
     students = results.loc[results["method"].isin(ls.METHODS)]
     per = students.groupby(["factor", "setting", "method", "seed"])["metric"].apply(frozenset)
-    assert (per == frozenset(ls.STUDENT_METRICS)).all() and len(per) == len(settings) * 2 * 2
+    assert (per == frozenset(ls.STUDENT_METRICS)).all() and len(per) == len(settings) * len(ls.METHODS) * 2
     assert set(curves["seed"]) == {0, 1}
-    assert curves.groupby(["factor", "setting", "method", "seed"]).ngroups == len(settings) * 2 * 2
+    assert curves.groupby(["factor", "setting", "method", "seed"]).ngroups == len(settings) * len(ls.METHODS) * 2
     assert np.isfinite(curves["test_error"]).all() and (curves["test_error"] > 0).all()
     # the reported test error is on the learning curve at the kept step
     row = curves.loc[(curves["setting"] == "zero_loss") & (curves["method"] == "baseline") & (curves["seed"] == 0)]
@@ -199,7 +238,13 @@ def test_unknown_config_key_is_rejected_by_name():
     with pytest.raises(NoiseKDError, match="'n_student'"):
         ls.StudyConfig.from_dict({"n_student": 60})  # >= d: zero loss would be unreachable
     with pytest.raises(NoiseKDError, match="'n_teacher_few'"):
-        ls.StudyConfig.from_dict({"n_teacher_few": 5})
+        ls.StudyConfig.from_dict({"n_teacher_few": 8})
+    with pytest.raises(NoiseKDError, match="'m'.*labels determine the clean input"):
+        ls.StudyConfig.from_dict({"m": 8})
+    with pytest.raises(NoiseKDError, match="'h'"):
+        ls.StudyConfig.from_dict({"h": 7})
+    with pytest.raises(NoiseKDError, match="'teacher_outputs'"):
+        ls.StudyConfig.from_dict({"teacher_outputs": 2})
     with pytest.raises(NoiseKDError, match="'lr'"):
         ls.StudyConfig.from_dict({"lr": "fast"})
     with pytest.raises(NoiseKDError, match="'factors'"):
@@ -223,17 +268,22 @@ def test_table_and_figure_render(study, tmp_path):
     results, curves = study
     table = ls.study_table(results)
     md, tex, text = table.to_markdown(), table.to_latex(), table.to_csv()
-    assert sum(line.startswith("|") for line in md.splitlines()) == 2 + 7  # header, rule, one per setting
-    assert "Trained to zero loss" in md and "ill-conditioned" in md and "h=50" in md
+    assert sum(line.startswith("|") for line in md.splitlines()) == 2 + 8  # header, rule, one per setting
+    assert "Trained to zero loss" in md and "ill-conditioned" in md and "h=50" in md and "labels alone" in md
+    assert "ST vs label-only" in md and "Label-only MSE" in md
     assert "\\begin{tabular}" in tex and "\\bottomrule" in tex and "±" not in tex
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert len(rows) == 7
+    assert len(rows) == 8
     early = [r for r in rows if r["setting"].startswith("Early-stopped")][0]
     b = _metric(results, "training", "early_stopped", "baseline", "test_error")
     t = _metric(results, "training", "early_stopped", "student_teacher", "test_error")
     assert float(early["baseline_mse_mean"]) == pytest.approx(b.mean(), rel=1e-5)
     assert float(early["effect_mean"]) == pytest.approx((b - t).mean(), rel=1e-4, abs=1e-9)
-    assert early["n_seeds"] == "2" and early["verdict"] == ls.verdict(b - t, b.mean())
+    assert early["n_seeds"] == "2" and early["effect_verdict"] == ls.verdict(b - t, b.mean())
+    lo = _metric(results, "training", "early_stopped", "label_only", "test_error")
+    assert float(early["label_only_mse_mean"]) == pytest.approx(lo.mean(), rel=1e-5)
+    assert float(early["effect_vs_label_only_mean"]) == pytest.approx((lo - t).mean(), rel=1e-4, abs=1e-9)
+    assert early["effect_vs_label_only_verdict"] == ls.verdict(lo - t, lo.mean())
     write_table(table, tmp_path / "t.md", tmp_path / "t.tex", tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_text() == text
     fig = ls.study_figure(curves, results)
