@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoints import inference_model, load_model
+from .checkpoints import inference_model, load_model, model_summary
 from .config import protocol_attack
 from .data import ImageData
 from .errors import NoiseKDError
 from .evaluate import ATTACK_BATCH_SIZE, attack_rows, evaluation_rows, finish_rows, headline, write_rows
 from .execution import resolve_device
-from .io import load_torch
+from .jobs import keep_freed_memory
 from .provenance import provenance
 from .settings import AttackSetting
 
@@ -74,9 +74,9 @@ def evaluation_sets(args, size: int):
 def evaluate_command(args) -> None:
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    model = inference_model(load_model(args.checkpoint, device=device))
-    saved = load_torch(args.checkpoint)
-    summary = json.loads(saved.get("summary", "{}")) if isinstance(saved.get("summary"), str) else {}
+    keep_freed_memory()
+    model = inference_model(load_model(args.checkpoint, device=device))  # invalid checkpoints end here, in one line
+    summary = model_summary(args.checkpoint)
     t0 = time.perf_counter()
     trained_size = summary.get("image_size")  # absent in models saved before it was recorded
     size = args.size or (trained_size[0] if trained_size else 16)

@@ -22,11 +22,21 @@ def _key(path) -> str:
     return out or "<top level>"
 
 
+# Keys that were settings once, and what replaced them (named instead of "not a known setting").
+RETIRED = {
+    ("resources", "train_runtime_min"): "was replaced by resources.train_min_per_epoch and "
+    "resources.train_overhead_min (a training job's time limit now follows its epochs, see noisekd/resources.py)",
+}
+
+
 def check_config(config: dict, schema_path: str | Path = SCHEMA) -> None:
     """Raise NoiseKDError naming the first offending key (the most specific schema error).  Method
     names are checked against the registry (`noisekd.methods`), which the schema leaves open."""
     import jsonschema
 
+    for (block, key), hint in RETIRED.items():
+        if isinstance(config.get(block), dict) and key in config[block]:
+            raise NoiseKDError(f"config key {block}.{key} {hint}")
     schema = yaml.safe_load(Path(schema_path).read_text())
     schema["$defs"]["method"] = {"enum": list(METHODS)}
     schema["$defs"]["feature_method"] = {"enum": list(FEATURE_METHODS)}

@@ -29,7 +29,7 @@ import torch
 from .attacks import robust_accuracy_curve
 from .data import ImageData, to_float
 from .errors import NoiseKDError
-from .io import atomic_path
+from .lineage import SETTINGS_METADATA_KEY, read_rows_settings, write_rows_table  # noqa: F401 (re-exported)
 from .settings import AUTHORS_AGGREGATE, ROBUST_METRICS, WORST_OF_RESTARTS, AttackSetting
 
 ROW_COLUMNS = (
@@ -183,32 +183,12 @@ def rows_frame(rows: list[dict]):
     return frame
 
 
-SETTINGS_METADATA_KEY = b"noisekd.settings"
-
-
 def write_rows(rows: list[dict], path: str | Path, settings: dict | None = None) -> None:
     """Rows to parquet; `settings` (what the rows were computed with, which their settings_hash names;
     see `noisekd.lineage`) go into the file's key-value metadata (`read_rows_settings`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(rows_frame(rows), preserve_index=False)
-    if settings is not None:
-        blob = json.dumps(settings, sort_keys=True, default=str).encode()
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SETTINGS_METADATA_KEY: blob})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def read_rows_settings(path: str | Path) -> dict | None:
-    """The settings stored with a rows file by `write_rows`, or None."""
-    import pyarrow.parquet as pq
-
-    try:
-        blob = (pq.read_schema(path).metadata or {}).get(SETTINGS_METADATA_KEY)
-    except (OSError, ValueError) as exc:
-        raise NoiseKDError(f"result file {path} is unreadable (truncated or corrupt?): {exc}") from None
-    return json.loads(blob) if blob else None
+    write_rows_table(pa.Table.from_pandas(rows_frame(rows), preserve_index=False), path, settings)
 
 
 def load_corrupted_stack(path: str | Path, clean: ImageData, names: tuple[str, ...]) -> Iterable[tuple[str, int, ImageData]]:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import re
 import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .errors import NoiseKDError
 from .settings import TrainConfig
 
 
@@ -61,6 +65,87 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+# -- a GPU job on a node whose GPU torch cannot use ------------------------------------------------
+
+# The oldest Linux driver (major version) that runs a CUDA <major>.x build, by NVIDIA's minor-version
+# compatibility (CUDA Toolkit release notes, table "CUDA Toolkit and Minimum Required Driver Version").
+MIN_DRIVER = {13: 580, 12: 525, 11: 450}
+# The newest PyTorch wheel index a driver can run: (oldest driver major, index).
+TORCH_WHEELS = ((580, "cu130"), (525, "cu126"), (450, "cu118"))
+WHEEL_INDEX = "https://download.pytorch.org/whl/"
+
+
+def nvidia_driver_version(proc_file: str | Path = "/proc/driver/nvidia/version", timeout: float = 10.0,
+                          run: Callable = subprocess.run) -> str | None:
+    """The node's NVIDIA driver version ("535.104.05"): from the kernel module's /proc file, else from
+    nvidia-smi (bounded by `timeout`); None where neither says (no driver, or not readable here)."""
+    try:
+        found = re.search(r"Kernel Module\b.*?\s(\d+\.\d+(?:\.\d+)?)\s", Path(proc_file).read_text())
+        if found:
+            return found.group(1)
+    except OSError:
+        pass
+    try:
+        proc = run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                   capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = (proc.stdout or "").split()[:1] if proc.returncode == 0 else []
+    return first[0] if first and re.fullmatch(r"\d+(\.\d+)+", first[0]) else None
+
+
+def _pins() -> str:
+    """This torch and torchvision as pip requirements (the same releases, another CUDA build)."""
+    from importlib import metadata
+
+    pins = [f"torch=={torch.__version__.split('+')[0]}"]
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        pins.append(f"torchvision=={metadata.version('torchvision').split('+')[0]}")
+    return " ".join(pins)
+
+
+def torch_for_driver(driver: str | None) -> str:
+    """What to install: this torch release from the PyTorch wheel index the driver can run."""
+    major = int(driver.split(".")[0]) if driver else None
+    for oldest, index in TORCH_WHEELS:
+        if major is not None and major >= oldest:
+            return f"pip install {_pins()} --index-url {WHEEL_INDEX}{index}"
+    if major is not None:
+        return f"no PyTorch build runs on it, update the NVIDIA driver (>= {TORCH_WHEELS[-1][0]})"
+    return f"pip install {_pins()} --index-url {WHEEL_INDEX}cu<the driver's CUDA, nvidia-smi shows it, e.g. 126>"
+
+
+def cuda_unusable_reason(torch_cuda: str | None, driver: str | None) -> str:
+    """Why torch sees no GPU, and what to do, from torch's CUDA version and the node's driver."""
+    build = f"torch {torch.__version__}"
+    if torch_cuda is None:
+        return (f"{build} is a CPU-only build (torch.version.cuda is None); install a CUDA build: "
+                f"{torch_for_driver(driver)}")
+    if driver is None:
+        return (f"{build} is built for CUDA {torch_cuda} but no NVIDIA driver was found (no /proc/driver/nvidia/"
+                "version, no nvidia-smi): a node without a GPU, or a wrong partition")
+    needed = MIN_DRIVER.get(int(torch_cuda.split(".")[0]))
+    if needed is not None and int(driver.split(".")[0]) < needed:
+        return (f"the NVIDIA driver {driver} is too old for {build}, built for CUDA {torch_cuda} (needs driver >= "
+                f"{needed}); install a torch build matching the driver ({torch_for_driver(driver)}) or run on nodes "
+                "with a newer driver")
+    return (f"{build} (CUDA {torch_cuda}) and the NVIDIA driver {driver} should match: check CUDA_VISIBLE_DEVICES "
+            "and nvidia-smi on the node")
+
+
+def check_gpu_job(gpus: int, device: str | None, environ=os.environ,
+                  cuda_available: Callable[[], bool] = torch.cuda.is_available) -> None:
+    """A SLURM job that asked for GPUs and sees none (a bad node, a wrong CUDA_VISIBLE_DEVICES, a torch
+    build too new for the node's driver) fails at once, saying why in one line: with `device: auto` it
+    would otherwise train on the CPU until its runtime limit."""
+    if gpus > 0 and device in (None, "auto") and environ.get("SLURM_JOB_ID") and not cuda_available():
+        reason = cuda_unusable_reason(torch.version.cuda, nvidia_driver_version())
+        raise NoiseKDError(
+            f"SLURM job {environ['SLURM_JOB_ID']} on {environ.get('SLURMD_NODENAME', 'this node')} asked for "
+            f"{gpus} GPU(s) (config key resources.gpu) but sees no CUDA device (CUDA_VISIBLE_DEVICES="
+            f"{environ.get('CUDA_VISIBLE_DEVICES')!r}): {reason}; or set device: cpu to run on CPUs")
 
 
 @functools.cache

@@ -45,6 +45,12 @@ class Layout:
 
     # -- students: <root>/students/<dataset>/<cell>/seed<s>/ -----------------------------------------
 
+    @staticmethod
+    def partial(out: str) -> str:
+        """Where a packed job keeps one seed's finished rows until all its seeds are done (not an output)."""
+        path = Path(out)
+        return str(path.with_name(f"{path.stem}.partial{path.suffix}"))
+
     def student(self, dataset: str, cell: str, seed, name: str) -> str:
         """model.pt, summary.json, eval.parquet, attack.parquet (and checkpoint.pt while it trains)."""
         return f"{self.root}/students/{dataset}/{cell}/seed{seed}/{name}"

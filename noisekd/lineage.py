@@ -74,3 +74,32 @@ def check(path: str, found: dict | None, expected: dict) -> None:
         key, was, now = diff
         raise NoiseKDError(f"{path} was computed with {key} = {canonical(was)}, but this config expects "
                            f"{canonical(now)}; rebuild it: snakemake --forcerun {path}")
+
+
+# -- the settings a rows file records (torch-free, so report jobs need no torch) -------------------
+
+SETTINGS_METADATA_KEY = b"noisekd.settings"
+
+
+def write_rows_table(table, path, settings: dict | None = None) -> None:
+    """A pyarrow table of result rows to parquet, `settings` in its key-value metadata (`read_rows_settings`)."""
+    import pyarrow.parquet as pq
+
+    from .io import atomic_path
+
+    if settings is not None:
+        blob = json.dumps(settings, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), SETTINGS_METADATA_KEY: blob})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_rows_settings(path) -> dict | None:
+    """The settings stored with a rows file by `write_rows_table`, or None."""
+    import pyarrow.parquet as pq
+
+    try:
+        blob = (pq.read_schema(path).metadata or {}).get(SETTINGS_METADATA_KEY)
+    except (OSError, ValueError) as exc:
+        raise NoiseKDError(f"result file {path} is unreadable (truncated or corrupt?): {exc}") from None
+    return json.loads(blob) if blob else None

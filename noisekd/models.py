@@ -102,7 +102,8 @@ class WideResNet(nn.Module):
         if spec.width < 1:
             raise ValueError(f"WRN width must be >= 1, got {spec.width}")
         if len(spec.mean) != spec.in_channels or len(spec.std) != spec.in_channels:
-            raise ValueError("mean and std need one value per input channel")
+            raise ValueError(f"mean and std need one value per input channel ({spec.in_channels}), "
+                             f"got {len(spec.mean)} and {len(spec.std)}")
         self.spec = spec
         n = (spec.depth - 4) // 6
         widths = [16, 16 * spec.width, 32 * spec.width, 64 * spec.width]

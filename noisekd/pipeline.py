@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,9 +33,21 @@ from .evaluate import (
     load_corrupted_stack,
     read_rows_settings,
     write_rows,
+    write_rows_table,
 )
 from .execution import TrainingInterrupted, resolve_device, resolve_numerics, run_side_by_side
 from .io import atomic_path, write_json_atomic
+
+# The torch-free steps and the job plumbing, for the workflow scripts that import them from here.
+from .jobs import (  # noqa: F401
+    check_results,
+    make_report,
+    run_step,
+    runtime_of,
+    scorecard,
+    select_teacher,
+    settings_of,
+)
 from .layout import CHECKPOINT, Layout
 from .methods import MethodParams, get_method
 from .models import build_model
@@ -115,9 +126,13 @@ def prepare_corruptions(settings: dict, runtime: Runtime, test_path: str, out_pa
 
             for i, name in enumerate(CORRUPTIONS):
                 for s in range(1, 6):
-                    data = load_cifar10c(Path(runtime.data_dir) / "cifar10c", name, s)  # fetched by fetch_corruptions
-                    if not torch.equal(data.labels, test.labels):
-                        raise NoiseKDError(f"CIFAR-10-C {name} labels are not in CIFAR-10 test order")
+                    root = Path(runtime.data_dir) / "cifar10c"
+                    data = load_cifar10c(root, name, s)  # fetched by fetch_corruptions
+                    if data.images.shape != test.images.shape or not torch.equal(data.labels, test.labels):
+                        raise NoiseKDError(
+                            f"CIFAR-10-C {name} (severity {s}, under {root}) holds {tuple(data.images.shape)} "
+                            f"images whose labels are not the {test_path} test set's {tuple(test.images.shape)} "
+                            "in order")
                     stack[i, s - 1] = data.images.numpy()
         else:
             nhwc = test.images.permute(0, 2, 3, 1).numpy()
@@ -335,21 +350,6 @@ def compute_teacher_logits(settings: dict, teacher_seed: int, inputs: dict, out_
     log.info(f"wrote {out_path}: {tuple(logits.shape)} {logits.dtype}")
 
 
-def select_teacher(summaries: list[str], out_path: str) -> None:
-    """The seed every selection rule picks (best test accuracy, as the paper; best validation accuracy
-    where a split is held out), from the teachers' summaries alone."""
-    candidates = []
-    for path in summaries:
-        s = json.loads(Path(path).read_text())
-        if "test_acc" not in s:
-            raise NoiseKDError(f"teacher summary {path} has no test_acc")
-        candidates.append({"seed": s["run"]["seed"], "test_acc": s["test_acc"], "val_acc": s.get("val_acc")})
-    chosen = selection.select(candidates)
-    write_json_atomic(out_path, chosen)
-    for rule, best in chosen["selected"].items():
-        log.info(f"by {rule} accuracy: seed {best['seed']} ({best['accuracy']:.4f}) of {len(candidates)} seeds")
-
-
 # ---------------------------------------------------------------------------------------------
 # Evaluation
 
@@ -360,21 +360,27 @@ def _eval_data(inputs: dict, device):
     return test, ood
 
 
+def _model_rows(model_path: str, device, test, ood, stack: str | None, batch_size: int) -> list[dict]:
+    """Clean, OOD and corruption rows of one model (the corruption stack memory-mapped, read in one pass)."""
+    from .corruptions import CORRUPTIONS
+
+    t0 = time.perf_counter()
+    model = inference_model(load_model(model_path, device=device))
+    corrupted = load_corrupted_stack(stack, test, CORRUPTIONS) if stack else None
+    rows = evaluation_rows(model, test, ood, corrupted, batch_size)
+    log.info(headline(rows))
+    log.info(f"evaluated {model_path} in {time.perf_counter() - t0:.1f}s ({len(rows)} rows)")
+    return rows
+
+
 def evaluate_model(settings: dict, identity: dict, model_path: str, inputs: dict, out_path: str, runtime: Runtime,
                    extra_rows: list[dict] = ()) -> None:
     """Clean, OOD and corruption metrics of one model as tidy parquet rows."""
-    from .corruptions import CORRUPTIONS
-
     torch.set_num_threads(runtime.threads)
     device = resolve_device(runtime.device)
-    model = inference_model(load_model(model_path, device=device))
-    batch_size = runtime.eval_batch_size
     test, ood = _eval_data(inputs, device)
-    t0 = time.perf_counter()
-    corrupted = load_corrupted_stack(inputs["corruptions"], test, CORRUPTIONS) if inputs.get("corruptions") else None
-    rows = evaluation_rows(model, test, ood, corrupted, batch_size) + list(extra_rows)
-    log.info(headline(rows))
-    log.info(f"evaluated {model_path} in {time.perf_counter() - t0:.1f}s ({len(rows)} rows)")
+    rows = _model_rows(model_path, device, test, ood, inputs.get("corruptions"), runtime.eval_batch_size)
+    rows += list(extra_rows)
     write_rows(finish_rows(rows, identity, provenance(settings, device)), out_path, settings=settings)
 
 
@@ -415,43 +421,74 @@ def evaluate_teacher(settings: dict, dataset: str, kind: str, teacher_seed: int,
     evaluate_model(settings, identity, inputs["model"], inputs, out_path, runtime, extra_rows=candidates)
 
 
-def attack_model(settings: dict, identity: dict, model_path: str, test_path: str, out_path: str,
-                 runtime: Runtime) -> None:
+def _cell_seeds(settings: dict, seeds: list[int], dataset: str, cell: str, inputs: dict, outs: list[str],
+                compute: Callable[[dict, dict, str], list[dict]]) -> None:
+    """Run `compute(seed settings, identity, model path) -> rows` for every seed of a student cell in
+    one job, and write each seed's result file.
+
+    Each seed's rows go first to a side file (`Layout.partial`, not a Snakemake output, so a failed
+    job's retry finds it) that records the seed's settings and its model's hash; a retry reuses it
+    only if both still match, so a job killed after three seeds redoes only the other two.
+    """
+    import hashlib
+
+    results = []
+    for seed, model, summary, out in zip(seeds, inputs["models"], inputs["summaries"], outs, strict=True):
+        seed_settings = {**settings, "seed": int(seed)}
+        key = {"settings": seed_settings, "model_sha256": hashlib.sha256(Path(model).read_bytes()).hexdigest()}
+        partial = Layout.partial(out)
+        if Path(partial).is_file() and read_rows_settings(partial) == key:
+            log.info(f"seed {seed}: reusing {partial} from an earlier attempt")
+        else:
+            identity = student_identity(seed_settings, dataset, cell, summary)
+            write_rows(compute(seed_settings, identity, model), partial, settings=key)
+        results.append((partial, out, seed_settings))
+    for partial, out, seed_settings in results:
+        _promote(partial, out, seed_settings)
+    for partial, _, _ in results:
+        Path(partial).unlink()
+
+
+def _promote(partial: str, out: str, settings: dict) -> None:
+    """A side file's rows as the seed's result file, unchanged, recording the seed's settings."""
+    import pyarrow.parquet as pq
+
+    write_rows_table(pq.read_table(partial), out, settings)
+
+
+def evaluate_students(settings: dict, seeds: list[int], dataset: str, cell: str, inputs: dict, outs: list[str],
+                      runtime: Runtime) -> None:
+    """Clean, OOD and corruption metrics of every seed of a student cell (the data loaded once)."""
     torch.set_num_threads(runtime.threads)
     device = resolve_device(runtime.device)
-    model = inference_model(load_model(model_path, device=device))
-    test = load_image_data(test_path)
-    attack = settings["attack"]
-    attacks = [AttackSetting(**a) for a in attack["attacks"]]
-    rows = attack_rows(model, test, attacks, seed=settings["seed"], batch_size=attack["batch_size"], log=log.info)
-    write_rows(finish_rows(rows, identity, provenance(settings, device)), out_path, settings=settings)
+    test, ood = _eval_data(inputs, device)
+
+    def compute(seed_settings, identity, model_path):
+        rows = _model_rows(model_path, device, test, ood, inputs.get("corruptions"), runtime.eval_batch_size)
+        return finish_rows(rows, identity, provenance(seed_settings, device))
+
+    _cell_seeds(settings, seeds, dataset, cell, inputs, outs, compute)
+
+
+def attack_students(settings: dict, seeds: list[int], dataset: str, cell: str, inputs: dict, outs: list[str],
+                    runtime: Runtime) -> None:
+    """The PGD attacks of every seed of a student cell, each seed's restarts drawn from its own seed."""
+    torch.set_num_threads(runtime.threads)
+    device = resolve_device(runtime.device)
+    test = load_image_data(inputs["test"])
+    attacks = [AttackSetting(**a) for a in settings["attack"]["attacks"]]
+
+    def compute(seed_settings, identity, model_path):
+        model = inference_model(load_model(model_path, device=device))
+        rows = attack_rows(model, test, attacks, seed=seed_settings["seed"],
+                           batch_size=settings["attack"]["batch_size"], log=log.info)
+        return finish_rows(rows, identity, provenance(seed_settings, device))
+
+    _cell_seeds(settings, seeds, dataset, cell, inputs, outs, compute)
 
 
 # ---------------------------------------------------------------------------------------------
 # Aggregation
-
-
-def check_results(runs: list[str], expected: dict, by: str) -> None:
-    """Refuse result files that were not computed with the settings `expected` names for them (see
-    `noisekd.lineage`), and rows whose teacher seed is not the one their selection file names by rule
-    `by` (teacher_selection.by: like the device, read from the config and not a param, since it changes
-    no number of a table whose students' teacher seeds stay the same)."""
-    import pandas as pd
-
-    wanted, selections = lineage.unpack(expected), expected["selections"]
-    seeds = {path: selection.selected_seed(path, by) for path in set(selections.values())}
-    for path in runs:
-        if path not in wanted:
-            raise NoiseKDError(f"{path} is not a result file of this config")
-        lineage.check(path, read_rows_settings(path), wanted[path])
-        if path in selections:
-            frame = pd.read_parquet(path, columns=["role", "teacher_seed"])
-            found = set(frame.loc[frame.role.isin(["student", "teacher"]), "teacher_seed"].dropna().astype(int))
-            seed = seeds[selections[path]]
-            if found != {seed}:
-                raise NoiseKDError(f"{path} was computed from teacher seed {sorted(found)}, but "
-                                   f"{selections[path]} now selects seed {seed} by {by} accuracy; rebuild it: "
-                                   f"snakemake --forcerun {path}")
 
 
 def aggregate(runs: list[str], expected: dict, by: str, out_path: str, manifest_path: str) -> None:
@@ -478,44 +515,6 @@ def aggregate(runs: list[str], expected: dict, by: str, out_path: str, manifest_
     log.info(f"aggregated {len(frame)} rows from {len(runs)} files; manifest {manifest_path}")
 
 
-def _read_rows(paths: list[str]):
-    import pandas as pd
-
-    if not paths:
-        raise NoiseKDError("no result files to read")
-    return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
-
-
-def make_report(name: str, report: dict, expected: dict, by: str, runs: list[str], out: dict) -> None:
-    """One registered table (md, tex, csv) or figure (png, pdf), from result files checked first."""
-    from .plan import ReportContext, reports
-    from .tables import write_figure, write_table
-
-    check_results(runs, expected, by)
-    registered = reports()[name]
-    built = registered.build(_read_rows(runs), ReportContext.from_params(report))
-    if registered.kind == "table":
-        write_table(built, out["md"], out["tex"], out["csv"], out["html"])
-    else:
-        write_figure(built, out["png"], out["pdf"])
-    log.info(f"{name} written from {len(runs)} result files")
-
-
-def scorecard(metrics: str, published: str, report: dict, match: dict, out: dict) -> None:
-    """The paper's published values and claims beside this run's (noisekd.scorecard), from the aggregated
-    rows; every claim's verdict is logged with its numbers."""
-    import pandas as pd
-
-    from .plan import ReportContext
-    from .scorecard import write_scorecard
-
-    claims = write_scorecard(pd.read_parquet(metrics), ReportContext.from_params(report), published,
-                             match["std"], match["points"], out)
-    for r in claims:
-        numbers = "; ".join(c.text for c in r.comparisons) or r.why
-        log.info(f"claim {r.claim.name} on {r.dataset}: {r.verdict} ({r.held} hold): {numbers}")
-
-
 def linear_study(settings: dict, out: dict) -> None:
     """Hong et al.'s deep linear study (clean->noisy student-teacher learning): tidy frames, the success/failure table and learning curves."""
     from . import linear_study as ls
@@ -529,54 +528,3 @@ def linear_study(settings: dict, out: dict) -> None:
     write_table(ls.study_table(results), out["md"], out["tex"], out["csv"], out["html"])
     write_figure(ls.study_figure(curves, results), out["png"], out["pdf"])
     log.info(f"linear study: {len(results)} result rows in {time.perf_counter() - t0:.1f}s")
-
-
-# ---------------------------------------------------------------------------------------------
-# Script plumbing
-
-
-def check_gpu_job(gpus: int, device: str | None, environ=os.environ, cuda_available=torch.cuda.is_available) -> None:
-    """A SLURM job that asked for GPUs and sees none (a bad node, a wrong CUDA_VISIBLE_DEVICES) fails at
-    once: with `device: auto` it would otherwise train on the CPU until its runtime limit."""
-    if gpus > 0 and device in (None, "auto") and environ.get("SLURM_JOB_ID") and not cuda_available():
-        raise NoiseKDError(
-            f"SLURM job {environ['SLURM_JOB_ID']} on {environ.get('SLURMD_NODENAME', 'this node')} asked for "
-            f"{gpus} GPU(s) (config key resources.gpu) but sees no CUDA device (CUDA_VISIBLE_DEVICES="
-            f"{environ.get('CUDA_VISIBLE_DEVICES')!r}); set device: cpu to run on CPUs")
-
-
-def settings_of(snakemake) -> dict:
-    """A Snakemake job's settings: its rule params, one per settings block (noisekd.plan.SETTINGS_BLOCKS)."""
-    from .plan import SETTINGS_BLOCKS
-
-    return {block: snakemake.params[block] for block in SETTINGS_BLOCKS[snakemake.rule]}
-
-
-def runtime_of(snakemake) -> Runtime:
-    """Where and how fast a Snakemake job runs: the config's device, speed and location keys, which
-    are deliberately not its settings (changing them reruns nothing)."""
-    return Runtime.from_config(snakemake.config, snakemake.threads)
-
-
-def run_step(snakemake, step: Callable[..., None], **kwargs) -> None:
-    """Run one step inside a Snakemake `script:` with logging to the rule's log file and stderr.
-
-    A NoiseKDError (bad input, bad config, interrupted training) ends the job with its one-line
-    message and exit status 1; anything else keeps its traceback in the log.
-    """
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if snakemake.log:
-        Path(snakemake.log[0]).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(snakemake.log[0], mode="a"))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    log.info(f"rule {snakemake.rule} {dict(snakemake.wildcards)}")
-    try:
-        check_gpu_job(int(getattr(snakemake.resources, "gpu", 0) or 0), snakemake.config.get("device", "auto"))
-        step(**kwargs)
-    except NoiseKDError as exc:
-        log.error(f"error: {exc}")
-        sys.exit(1)
-    except Exception:
-        log.exception("unexpected error")
-        raise

@@ -166,8 +166,9 @@ SETTINGS_BLOCKS: dict[str, tuple[str, ...]] = {
     "teacher_logits": ("data", "labels", "teacher"),
     "evaluate_teacher": ("data", "labels", "teacher", "selection", "evaluation"),
     "train_students": ("data", "labels", "teacher", "student"),
-    "evaluate_student": ("data", "labels", "teacher", "student", "seed", "evaluation"),
-    "attack_student": ("data", "labels", "teacher", "student", "seed", "attack"),
+    # a cell's seeds are evaluated (attacked) in one job; each seed's result file records its `seed` too
+    "evaluate_students": ("data", "labels", "teacher", "student", "evaluation"),
+    "attack_students": ("data", "labels", "teacher", "student", "attack"),
 }
 
 
@@ -429,11 +430,15 @@ class Plan:
         return {**self.teacher_settings(dataset, kind), "selection": {"by": self.config["teacher_selection"]["by"]},
                 "evaluation": self._evaluation_block(dataset)}
 
-    def student_eval_settings(self, dataset: str, cell: str, seed: int) -> dict:
-        return {**self.student_run_settings(dataset, cell, seed), "evaluation": self._evaluation_block(dataset)}
+    def student_eval_settings(self, dataset: str, cell: str, seed: int | None = None) -> dict:
+        """A cell's evaluation job (seed None), or the settings its result file of `seed` records."""
+        run = self.student_settings(dataset, cell) if seed is None else self.student_run_settings(dataset, cell, seed)
+        return {**run, "evaluation": self._evaluation_block(dataset)}
 
-    def attack_settings(self, dataset: str, cell: str, seed: int) -> dict:
-        return {**self.student_run_settings(dataset, cell, seed), "attack": self._attack_block(self.cell(dataset, cell))}
+    def attack_settings(self, dataset: str, cell: str, seed: int | None = None) -> dict:
+        """A cell's attack job (seed None), or the settings its result file of `seed` records."""
+        run = self.student_settings(dataset, cell) if seed is None else self.student_run_settings(dataset, cell, seed)
+        return {**run, "attack": self._attack_block(self.cell(dataset, cell))}
 
     def settings(self, rule: str, **wildcards: str) -> dict:
         """The settings of one job of `rule` (wildcards as Snakemake gives them: strings)."""
@@ -448,8 +453,8 @@ class Plan:
             "teacher_logits": lambda: self.teacher_settings(w["dataset"], w["kind"]),
             "evaluate_teacher": lambda: self.teacher_eval_settings(w["dataset"], w["kind"]),
             "train_students": lambda: self.student_settings(w["dataset"], w["cell"]),
-            "evaluate_student": lambda: self.student_eval_settings(w["dataset"], w["cell"], int(w["seed"])),
-            "attack_student": lambda: self.attack_settings(w["dataset"], w["cell"], int(w["seed"])),
+            "evaluate_students": lambda: self.student_eval_settings(w["dataset"], w["cell"]),
+            "attack_students": lambda: self.attack_settings(w["dataset"], w["cell"]),
         }
         if rule not in by_rule:
             raise NoiseKDError(f"rule {rule} has no settings in the plan")

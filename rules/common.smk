@@ -6,6 +6,7 @@ import os
 
 from snakemake.exceptions import IncompleteCheckpointException
 
+from noisekd import resources as res
 from noisekd import selection
 from noisekd.plan import (
     SETTINGS_BLOCKS,
@@ -31,7 +32,8 @@ PUBLISHED = os.path.relpath(
     os.path.join(workflow.basedir, "report", "published", "paper.csv")
 )
 GPU = config["resources"]["gpu"]
-THREADS = config["resources"].get("threads", 1)
+# CPUs per GPU job (sbatch --cpus-per-task; locally capped at --cores)
+THREADS = res.setting(config["resources"], "threads")
 L = PLAN.layout
 # Wildcard placeholders, so that one Layout call gives a rule's path pattern.
 D, K, C, S = "{dataset}", "{kind}", "{cell}", "{seed}"
@@ -176,3 +178,44 @@ def table_expected(wildcards):
 
 def table_context(wildcards):
     return report_context(PLAN, wildcards.name).to_params()
+
+
+# -- cluster resources: time limits and memory that grow with each retry (noisekd/resources.py) ----
+# Snakemake calls these with the job's wildcards and its attempt (1, then 2 on the first retry, ...).
+
+
+def teacher_runtime(wildcards, attempt):
+    """A teacher kind's seeds on the standard schedule (train.epochs)."""
+    epochs = PLAN.train_config(0).epochs
+    return res.train_runtime_min(
+        config["resources"], epochs, len(PLAN.teacher_seeds), attempt
+    )
+
+
+def student_runtime(wildcards, attempt):
+    """A cell's seeds on its own schedule (Fickle Teacher students: fickle_schedules)."""
+    cell = PLAN.cell(wildcards.dataset, wildcards.cell)
+    epochs = PLAN.train_config(0, cell).epochs
+    return res.train_runtime_min(
+        config["resources"], epochs, len(PLAN.student_seeds), attempt
+    )
+
+
+def gpu_job_mem_mb(wildcards, attempt):
+    return res.train_mem_mb(config["resources"], attempt)
+
+
+def eval_runtime(wildcards, attempt):
+    return res.eval_runtime_min(config["resources"], attempt)
+
+
+def attack_runtime(wildcards, attempt):
+    return res.attack_runtime_min(config["resources"], attempt)
+
+
+def data_runtime(wildcards, attempt):
+    return res.data_runtime_min(config["resources"], attempt)
+
+
+def data_mem_mb(wildcards, attempt):
+    return res.data_mem_mb(config["resources"], attempt)

@@ -19,8 +19,8 @@ rule prepare_dataset:
     conda:
         ENV
     resources:
-        runtime=60,
-        mem_mb=8000,
+        runtime=data_runtime,
+        mem_mb=data_mem_mb,
     params:
         **settings("prepare_dataset"),
     script:
@@ -37,8 +37,8 @@ rule prepare_ood:
     conda:
         ENV
     resources:
-        runtime=60,
-        mem_mb=8000,
+        runtime=data_runtime,
+        mem_mb=data_mem_mb,
     params:
         **settings("prepare_ood"),
     script:
@@ -69,8 +69,8 @@ rule prepare_corruptions:
         ENV
     threads: 2
     resources:
-        runtime=120,
-        mem_mb=16000,
+        runtime=data_runtime,
+        mem_mb=data_mem_mb,
     params:
         **settings("prepare_corruptions"),
     script:

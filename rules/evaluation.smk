@@ -1,47 +1,52 @@
-# Evaluation of every student: clean, OOD and corruption accuracy; PGD attacks where a table needs them.
+# Evaluation of every student cell: clean, OOD and corruption accuracy; PGD attacks where a table needs
+# them.  One job per cell evaluates (attacks) all its seeds, one after another, as training packs them.
 
 
-rule evaluate_student:
+rule evaluate_students:
     input:
         unpack(evaluation_sets),
-        model=L.student(D, C, S, "model.pt"),
-        summary=L.student(D, C, S, "summary.json"),
+        models=[L.student(D, C, s, "model.pt") for s in PLAN.student_seeds],
+        summaries=[L.student(D, C, s, "summary.json") for s in PLAN.student_seeds],
     output:
-        L.student(D, C, S, "eval.parquet"),
+        [L.student(D, C, s, "eval.parquet") for s in PLAN.student_seeds],
     log:
-        L.log("evaluate_student", f"{D}_{C}_seed{S}"),
+        L.log("evaluate_students", f"{D}_{C}"),
+    benchmark:
+        L.benchmark("evaluate_students", f"{D}_{C}")
     conda:
         ENV
     threads: THREADS
     resources:
         gpu=GPU,
-        runtime=config["resources"].get("eval_runtime_min", 120),
-        mem_mb=config["resources"].get("train_mem_mb", 16000),
+        runtime=eval_runtime,
+        mem_mb=gpu_job_mem_mb,
     params:
-        **settings("evaluate_student"),
+        **settings("evaluate_students"),
+        seeds=PLAN.student_seeds,
     script:
-        "../workflow_scripts/evaluate_student.py"
+        "../workflow_scripts/evaluate_students.py"
 
 
-rule attack_student:
+rule attack_students:
     input:
-        model=L.student(D, C, S, "model.pt"),
-        summary=L.student(D, C, S, "summary.json"),
+        models=[L.student(D, C, s, "model.pt") for s in PLAN.student_seeds],
+        summaries=[L.student(D, C, s, "summary.json") for s in PLAN.student_seeds],
         test=L.split(D, "test"),
     output:
-        L.student(D, C, S, "attack.parquet"),
+        [L.student(D, C, s, "attack.parquet") for s in PLAN.student_seeds],
     log:
-        L.log("attack_student", f"{D}_{C}_seed{S}"),
+        L.log("attack_students", f"{D}_{C}"),
     benchmark:
-        L.benchmark("attack_student", f"{D}_{C}_seed{S}")
+        L.benchmark("attack_students", f"{D}_{C}")
     conda:
         ENV
     threads: THREADS
     resources:
         gpu=GPU,
-        runtime=config["resources"].get("attack_runtime_min", 360),
-        mem_mb=config["resources"].get("train_mem_mb", 16000),
+        runtime=attack_runtime,
+        mem_mb=gpu_job_mem_mb,
     params:
-        **settings("attack_student"),
+        **settings("attack_students"),
+        seeds=PLAN.student_seeds,
     script:
-        "../workflow_scripts/attack_student.py"
+        "../workflow_scripts/attack_students.py"

@@ -18,8 +18,8 @@ rule train_students:
     threads: THREADS
     resources:
         gpu=GPU,
-        runtime=config["resources"].get("train_runtime_min", 720),
-        mem_mb=config["resources"].get("train_mem_mb", 16000),
+        runtime=student_runtime,
+        mem_mb=gpu_job_mem_mb,
     params:
         **settings("train_students"),
         seeds=PLAN.student_seeds,

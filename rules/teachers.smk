@@ -18,8 +18,8 @@ rule train_teachers:
     threads: THREADS
     resources:
         gpu=GPU,
-        runtime=config["resources"].get("train_runtime_min", 720),
-        mem_mb=config["resources"].get("train_mem_mb", 16000),
+        runtime=teacher_runtime,
+        mem_mb=gpu_job_mem_mb,
     params:
         **settings("train_teachers"),
         seeds=PLAN.teacher_seeds,
@@ -56,8 +56,8 @@ rule evaluate_teacher:
     threads: THREADS
     resources:
         gpu=GPU,
-        runtime=config["resources"].get("eval_runtime_min", 120),
-        mem_mb=config["resources"].get("train_mem_mb", 16000),
+        runtime=eval_runtime,
+        mem_mb=gpu_job_mem_mb,
     params:
         **settings("evaluate_teacher"),
         teacher_seed=selected_teacher_seed,
@@ -82,8 +82,8 @@ rule teacher_logits:
     threads: THREADS
     resources:
         gpu=GPU,
-        runtime=config["resources"].get("eval_runtime_min", 120),
-        mem_mb=config["resources"].get("train_mem_mb", 16000),
+        runtime=eval_runtime,
+        mem_mb=gpu_job_mem_mb,
     params:
         **settings("teacher_logits"),
         teacher_seed=selected_teacher_seed,

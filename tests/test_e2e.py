@@ -25,6 +25,9 @@ from noisekd.plan import Plan
 TABLES = ["table1", "table2", "table3", "table4", "table5", "table_s1", "table_s2_s3", "table_s4", "table_related",
           "linear_study"]
 FIGURES = ["figure2", "figure3", "figure4", "figure5", "linear_study"]
+# The production profile with the CI cluster's needs stacked on it (squeue status checks: the CI cluster
+# has no accounting; a 10 s first status check; successful jobs' SLURM logs kept).
+SLURM_PROFILES = ("--profile", "slurm", "--profile", ".ci/slurm/profile")
 
 
 def _counting_squeue(tmp_path: Path) -> tuple[dict, Path]:
@@ -92,11 +95,11 @@ def test_ci_preset_through_slurm_matches_the_local_run(local_run, tmp_path):
     env, squeue_log = _counting_squeue(tmp_path)
     env |= stale_copy_first(tmp_path)
     t0 = time.time()
-    results, proc = run_ci_preset(tmp_path, "slurm", "--profile", "slurm", "--jobs", "4", timeout=1500, env=env)
+    results, proc = run_ci_preset(tmp_path, "slurm", *SLURM_PROFILES, "--jobs", "4", timeout=1500, env=env)
     wall = time.time() - t0
     _check_outputs(results)
     # Status checks stay gentle on slurmctld: one squeue per round for all of the run's jobs (by the
-    # run's name), rounds at least the profile's 10 s apart (backing off while nothing finishes).
+    # run's name), rounds at least the CI profile's 10 s apart (backing off while nothing finishes).
     polls = [line.split() for line in squeue_log.read_text().splitlines() if "--states=all" in line]
     assert polls and all("--name" in p for p in polls), polls[:3]
     stamps = sorted(float(p[0]) for p in polls)

@@ -127,3 +127,92 @@ def test_git_commit_marks_new_code_as_dirty(tmp_path):
     (tmp_path / "noisekd" / "b.py").unlink()
     (tmp_path / "noisekd" / "a.py").write_text("x = 2\n")
     assert git_commit.__wrapped__(str(tmp_path)) == sha + "+dirty"
+
+
+def _checkpoint_with_spec(path, **changes):
+    """A model file as `save_model` writes it, its recorded architecture then edited by hand."""
+    save_model(path, build_model(WRNSpec(10, 1), 0))
+    obj = torch.load(path, weights_only=True)
+    obj["spec"].update(changes)
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.reliability
+def test_command_line_names_an_invalid_architecture_in_one_line(tmp_path):
+    """WRN depth 11 is not 6n+4: one line naming the checkpoint and the field, not WideResNet's traceback."""
+    import subprocess
+    import sys
+
+    ckpt = _checkpoint_with_spec(tmp_path / "deep11.pt", depth=11)
+    out = tmp_path / "rows.parquet"
+    proc = subprocess.run([sys.executable, "-m", "noisekd", "evaluate", str(ckpt), "--dataset", "digits",
+                           "--out", str(out), "--device", "cpu"], check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr == (f"error: checkpoint {ckpt} records an invalid architecture (WRN-11-1): "
+                           "WRN depth must be 6n+4 with n >= 1, got 11\n")
+    assert not out.exists()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("changes, named", [
+    ({"width": 0}, "spec.width is 0, expected a positive integer"),
+    ({"depth": 16.0}, "spec.depth is 16.0, expected a positive integer"),
+    ({"num_classes": -1}, "spec.num_classes is -1"),
+    ({"dropout": 1.5}, "dropout rate must be in [0, 1), got 1.5"),
+    ({"mean": [0.5, 0.5]}, "mean and std need one value per input channel (3), got 2 and 3"),
+    ({"std": ["x", 1, 1]}, "spec.mean / spec.std must be numbers"),
+])
+def test_invalid_recorded_architectures_are_named(tmp_path, changes, named):
+    from noisekd.checkpoints import load_model
+    from noisekd.errors import NoiseKDError
+
+    ckpt = _checkpoint_with_spec(tmp_path / "bad.pt", **changes)
+    with pytest.raises(NoiseKDError) as err:
+        load_model(ckpt)
+    msg = str(err.value)
+    assert msg.startswith(f"checkpoint {ckpt} records an invalid architecture") and named in msg and "\n" not in msg
+
+
+class _RunsACommand:
+    """Unpickling this would run a shell command (here: create a marker file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("fmt", ["torch.save", "pickle-2", "pickle-4"])
+def test_refused_pickle_names_the_global(tmp_path, capsys, fmt):
+    """torch's weights-only refusal is reduced to one line naming the global (os.system is posix.system)."""
+    import os
+    import pickle
+
+    from noisekd.checkpoints import load_model
+    from noisekd.errors import NoiseKDError
+
+    marker = tmp_path / "ran"
+    payload = {"format": "noisekd-model", "spec": {}, "state_dict": {}, "x": _RunsACommand(marker)}
+    ckpt = tmp_path / "evil.pt"
+    if fmt == "torch.save":
+        torch.save(payload, ckpt)  # the zip format, as a tampered model file would be
+    else:
+        ckpt.write_bytes(pickle.dumps(payload, protocol=int(fmt[-1])))
+    system = f"{os.system.__module__}.system"
+    with pytest.raises(NoiseKDError) as err:
+        load_model(ckpt)
+    msg = str(err.value)
+    assert msg.startswith(f"checkpoint {ckpt} refused by the weights-only loader: ") and "\n" not in msg
+    assert system in msg and "PyTorch 2.6" not in msg and "weights_only` set to `False" not in msg
+    if fmt != "pickle-4":  # protocol 4 stops torch's legacy reader at its first opcode; we name the import ourselves
+        assert f"it holds the global {system} (module {system.split('.')[0]} is blocked" in msg
+    assert main(["evaluate", str(ckpt), "--dataset", "digits", "--out", str(tmp_path / "x.parquet")]) == 1
+    err_text = capsys.readouterr().err
+    assert err_text.count("\n") == 1 and system in err_text
+    assert not marker.exists()  # refused, never run

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from test_workflow import ROOT
 
-from noisekd import pipeline
+from noisekd import jobs, pipeline
 from noisekd.config import check_config, load_config
 from noisekd.methods import METHODS, Method, MethodParams, register
 from noisekd.paper import TABLES, cell_label
@@ -87,7 +87,7 @@ def test_a_registered_method_goes_from_the_config_to_a_table_row(toy_method, tmp
     pipeline.evaluate_teacher(plan.teacher_eval_settings("digits", "plain"), "digits", "plain", seed,
                               {"selection": str(tmp_path / "best.json"), "model": teachers[seed]["model"],
                                "test": data["test"]}, str(tmp_path / "teacher.parquet"), RUNTIME)
-    frame = pipeline._read_rows([str(tmp_path / "eval.parquet"), str(tmp_path / "teacher.parquet")])
+    frame = jobs._read_rows([str(tmp_path / "eval.parquet"), str(tmp_path / "teacher.parquet")])
     table = TABLES["table1"](frame, report_context(plan, "table1"))
     assert [row.index[0] for row in table.rows] == ["Toy KD"]
     cell = table.cell("Toy KD", "Digits / Test Acc.")
@@ -136,4 +136,4 @@ def test_a_registered_table_is_a_target_that_reads_only_its_runs(toy_table, tmp_
 
     dry = _dry_run_in_process("toy_table", "--configfile", "presets/demo.yaml", "--forceall")
     assert "toy_table" in dry and "students/digits/ft_p0.3/seed1/eval.parquet" in dry
-    assert "attack_student" not in dry  # it reads no attacks
+    assert "attack_students" not in dry  # it reads no attacks

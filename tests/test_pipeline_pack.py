@@ -12,11 +12,15 @@ import torch
 from test_workflow import ROOT
 
 import noisekd.data
-from noisekd import selection
+from noisekd import pipeline, selection
 from noisekd.config import load_config
 from noisekd.errors import NoiseKDError
+from noisekd.evaluate import read_rows_settings
+from noisekd.layout import Layout
 from noisekd.pipeline import (
+    attack_students,
     compute_teacher_logits,
+    evaluate_students,
     prepare_dataset,
     select_teacher,
     share_compile_cache,
@@ -108,6 +112,76 @@ def test_sigterm_stops_the_job_and_its_retry_resumes_every_seed(setup, tmp_path,
         assert _same(_state(a), _state(b))
 
 
+@pytest.fixture(scope="module")
+def ga_students(setup, tmp_path_factory):
+    """The GA cell (no teacher; attacked) trained for seeds 0 and 1."""
+    plan, data = setup
+    outs = _outs(tmp_path_factory.mktemp("ga"), [0, 1])
+    train_students(plan.student_settings("digits", "ga_s0.1"), [0, 1], {"train": data["train"]}, outs, RUNTIME,
+                   teacher_seed=None)
+    return {"test": data["test"], "models": [o["model"] for o in outs], "summaries": [o["summary"] for o in outs]}
+
+
+def _frame(path):
+    import pandas as pd
+
+    return pd.read_parquet(path).drop(columns=["created"], errors="ignore")
+
+
+@pytest.mark.parametrize("step", ["evaluate", "attack"])
+def test_a_cells_seeds_evaluated_in_one_job_equal_each_seed_alone(setup, ga_students, tmp_path, step):
+    plan, _ = setup
+    run, settings_of = ((evaluate_students, plan.student_eval_settings) if step == "evaluate"
+                        else (attack_students, plan.attack_settings))
+    together = [str(tmp_path / "together" / f"seed{s}.parquet") for s in (0, 1)]
+    alone = [str(tmp_path / "alone" / "seed1.parquet")]
+    run(settings_of("digits", "ga_s0.1"), [0, 1], "digits", "ga_s0.1", ga_students, together, RUNTIME)
+    one = {**ga_students, "models": ga_students["models"][1:], "summaries": ga_students["summaries"][1:]}
+    run(settings_of("digits", "ga_s0.1"), [1], "digits", "ga_s0.1", one, alone, RUNTIME)
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(_frame(together[1]), _frame(alone[0]))
+    assert not _frame(together[0])["value"].equals(_frame(together[1])["value"])  # two models, two results
+    for seed, path in zip((0, 1), together):
+        # each seed's file records exactly the settings the aggregation expects of it (noisekd.lineage)
+        assert read_rows_settings(path) == settings_of("digits", "ga_s0.1", seed)
+        assert set(_frame(path)["seed"]) == {seed}
+    assert not list(tmp_path.rglob("*.partial.parquet")), "side files are removed once every seed is written"
+
+
+def test_a_killed_evaluation_job_redoes_only_the_unfinished_seeds(setup, ga_students, tmp_path):
+    plan, _ = setup
+    settings = plan.student_eval_settings("digits", "ga_s0.1")
+    outs = [str(tmp_path / f"seed{s}" / "eval.parquet") for s in (0, 1)]
+    calls = []
+
+    def compute(kill_at):
+        def run(seed_settings, identity, model_path):
+            calls.append(seed_settings["seed"])
+            if seed_settings["seed"] == kill_at:
+                raise KeyboardInterrupt  # the job dies (time limit, node failure) during this seed
+            row = {"metric": "test_acc", "value": float(seed_settings["seed"])}
+            return pipeline.finish_rows([row], identity, {})
+        return run
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._cell_seeds(settings, [0, 1], "digits", "ga_s0.1", ga_students, outs, compute(kill_at=1))
+    assert Path(Layout.partial(outs[0])).is_file() and not any(Path(o).exists() for o in outs)
+    calls.clear()
+    pipeline._cell_seeds(settings, [0, 1], "digits", "ga_s0.1", ga_students, outs, compute(kill_at=None))
+    assert calls == [1], "the retry reuses seed 0's finished rows"
+    assert [list(_frame(o)["value"]) for o in outs] == [[0.0], [1.0]]
+    assert not any(Path(Layout.partial(o)).exists() for o in outs)
+    # A side file of other settings (an edited config) or of another model (retrained) is not reused.
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline._cell_seeds(settings, [0, 1], "digits", "ga_s0.1", ga_students, outs, compute(kill_at=1))
+    edited = {**settings, "evaluation": {**settings["evaluation"], "ood": None}}
+    calls.clear()
+    pipeline._cell_seeds(edited, [0, 1], "digits", "ga_s0.1", ga_students, outs, compute(kill_at=None))
+    assert calls == [0, 1]
+
+
 def test_students_of_a_logits_table_train_like_students_of_the_live_teacher(setup, tmp_path):
     """The teacher_logits rule's step, then a Hinton cell from its table: the same draws and, on this
     fp32 machine path, the same steps up to rounding; a teacher of another seed or of other settings is
@@ -157,7 +231,7 @@ def test_compiling_jobs_share_torch_compile_caches_under_the_results_folder(setu
 
 
 def test_a_gpu_slurm_job_without_a_gpu_fails_at_once():
-    from noisekd.pipeline import check_gpu_job
+    from noisekd.execution import check_gpu_job
 
     slurm = {"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "gpu07", "CUDA_VISIBLE_DEVICES": ""}
     with pytest.raises(NoiseKDError, match=r"SLURM job 42 on gpu07 asked for 1 GPU\(s\) \(config key resources.gpu\)"):
@@ -166,3 +240,29 @@ def test_a_gpu_slurm_job_without_a_gpu_fails_at_once():
     check_gpu_job(1, "cpu", slurm, lambda: False)  # CPU asked for explicitly
     check_gpu_job(0, "auto", slurm, lambda: False)  # a CPU rule
     check_gpu_job(1, "auto", {}, lambda: False)  # not a SLURM job: a local run on a machine without a GPU
+
+
+def test_freed_memory_is_kept_for_reuse_in_a_job():
+    """After keep_freed_memory, a tensor allocated and freed step after step reuses the same pages
+    instead of mapping (and page-faulting) fresh ones every step: counted with getrusage."""
+    import ctypes.util
+    import subprocess
+    import sys
+
+    if ctypes.util.find_library("c") != "libc.so.6":
+        pytest.skip("not glibc")
+    code = """if 1:
+        import resource, sys, torch
+        from noisekd.jobs import keep_freed_memory
+        if sys.argv[1] == "keep":
+            assert keep_freed_memory()
+        torch.ones(1 << 24).sum()  # 64 MB: above glibc's largest dynamic mmap threshold (32 MB)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(20):
+            torch.ones(1 << 24).sum()
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("default", "keep")}
+    pages = 20 * (1 << 26) // 4096  # every step faulting in all of its 64 MB again
+    assert faults["default"] > 0.5 * pages and faults["keep"] <= 0.1 * pages, faults  # at most 2 steps of 20

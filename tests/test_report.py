@@ -235,8 +235,8 @@ def test_table_layouts_follow_the_plan(demo_plan):
     assert [c.name for c in t2.columns] == ["Original", "+H", "+FT-0.3", "+FT-0.3 (long)"] * 2
     long, standard = demo_plan.cell("digits", "at+ft_p0.3_long"), demo_plan.cell("digits", "at+ft_p0.3")
     assert long.long_schedule and not standard.long_schedule
-    assert (demo_plan.train_config(0, long).epochs, demo_plan.train_config(0, long).milestones) == (10, (5, 8))
-    assert demo_plan.train_config(0, standard).epochs == 8
+    assert (demo_plan.train_config(0, long).epochs, demo_plan.train_config(0, long).milestones) == (8, (4, 6))
+    assert demo_plan.train_config(0, standard).epochs == 6
     assert t2.cell("AT", "Test Acc. / +FT-0.3 (long)").stat is not None
     t4 = TABLES["table4"](frame, report_context(demo_plan, "table4"))
     assert [c.name for c in t4.columns] == [str(a.steps) for a in demo_plan.table4_attacks]

@@ -80,8 +80,8 @@ def _report(edit: str, jobs: set) -> None:
 
 def _consumers(cells: set[str]) -> set[tuple[str, str]]:
     """Training, evaluation and attack jobs of `cells`."""
-    jobs = {("train_students", c) for c in cells} | {("evaluate_student", c) for c in cells}
-    return jobs | {("attack_student", c) for c in cells & ATTACKED}
+    jobs = {("train_students", c) for c in cells} | {("evaluate_students", c) for c in cells}
+    return jobs | {("attack_students", c) for c in cells & ATTACKED}
 
 
 def _reports(names: set[str]) -> set[tuple[str, str]]:
@@ -107,13 +107,13 @@ def test_epochs_rerun_teachers_and_everything_downstream(local_run, tmp_path):
 def test_pgd_steps_rerun_only_the_attacks_and_what_reads_them(local_run, tmp_path):
     jobs = planned_jobs(local_run, _override(tmp_path, "evaluation: {pgd: {steps: 4}}\n"))
     _report("evaluation.pgd.steps", jobs)
-    assert jobs == {("attack_student", c) for c in ATTACKED} | _reports(READ_ATTACKS)
+    assert jobs == {("attack_students", c) for c in ATTACKED} | _reports(READ_ATTACKS)
 
 
 def test_corruption_seed_reruns_the_corruption_set_and_the_evaluations(local_run, tmp_path):
     jobs = planned_jobs(local_run, _override(tmp_path, "datasets: {digits: {corruptions: {seed: 1}}}\n"))
     _report("datasets.digits.corruptions.seed", jobs)
-    evaluations = {("evaluate_student", c) for c in TAU_CELLS | NO_TAU_CELLS}
+    evaluations = {("evaluate_students", c) for c in TAU_CELLS | NO_TAU_CELLS}
     evaluations |= {("evaluate_teacher", k) for k in TEACHER_KINDS}
     assert jobs == {("prepare_corruptions", "prepare_corruptions")} | evaluations | _reports(READ_EVALS)
 

@@ -36,13 +36,15 @@ def test_student_settings_hold_what_the_paper_says_decides_the_student(paper):
 
 def test_data_and_evaluation_settings(paper):
     assert paper.settings("prepare_dataset", dataset="cifar10") == {"data": {"source": "cifar10", "holdout": None}}
-    ev = paper.settings("evaluate_student", dataset="cifar10", cell="hinton", seed="3")
-    assert ev["seed"] == 3
+    ev = paper.settings("evaluate_students", dataset="cifar10", cell="hinton")
+    assert "seed" not in ev  # one job evaluates every seed; each seed's file records its own
+    assert paper.student_eval_settings("cifar10", "hinton", 3) == {**ev, "seed": 3}
     assert ev["evaluation"] == {"ood": {"source": "cinic10", "split": "test", "per_class": 2100, "seed": 0},
                                 "corruptions": {"source": "released"}}  # the released files have no seed
-    assert paper.settings("evaluate_student", dataset="svhn", cell="hinton", seed="0")["evaluation"] == {
+    assert paper.settings("evaluate_students", dataset="svhn", cell="hinton")["evaluation"] == {
         "ood": None, "corruptions": None}
-    attack = paper.settings("attack_student", dataset="cifar10", cell="sr_s0.02", seed="0")["attack"]
+    attack = paper.settings("attack_students", dataset="cifar10", cell="sr_s0.02")["attack"]
+    assert paper.attack_settings("cifar10", "sr_s0.02", 4)["seed"] == 4
     assert attack["batch_size"] == 5000 and {"steps": 20, "eps": 8 / 255, "step_size": 0.003, "restarts": 5} in \
         attack["attacks"]
     assert {a["steps"] for a in attack["attacks"]} == {1, 5, 10, 15, 20, 100, 200, 1000}  # Tables 4 (σ 0.02)
@@ -55,8 +57,8 @@ def test_every_rule_gives_the_blocks_it_declares(paper):
             "teacher_logits": {"dataset": "cifar10", "kind": "plain"},
             "evaluate_teacher": {"dataset": "svhn", "kind": "lc0.1"},
             "train_students": {"dataset": "cifar10", "cell": "at+ft_p0.4"},
-            "evaluate_student": {"dataset": "cifar10", "cell": "at", "seed": "1"},
-            "attack_student": {"dataset": "svhn", "cell": "ga_s0.5", "seed": "4"}}
+            "evaluate_students": {"dataset": "cifar10", "cell": "at"},
+            "attack_students": {"dataset": "svhn", "cell": "ga_s0.5"}}
     assert set(jobs) == set(SETTINGS_BLOCKS)
     for rule, wildcards in jobs.items():
         assert tuple(paper.settings(rule, **wildcards)) == SETTINGS_BLOCKS[rule], rule
@@ -137,6 +139,7 @@ def test_the_plan_imports_no_torch():
     import sys
 
     code = ("import sys, noisekd.plan, noisekd.layout, noisekd.lineage, noisekd.selection, noisekd.config; "
+            "import noisekd.jobs; assert 'torch' not in sys.modules, 'report jobs import torch'; "
             "noisekd.plan.reports(); heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'pandas', 'matplotlib', 'seaborn')]; assert not heavy, sorted(heavy)[:5]")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

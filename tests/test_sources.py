@@ -293,21 +293,32 @@ def test_cifar10_refuses_code_in_pickle(tmp_path):
         load_cifar10(tmp_path, "test", verify=False)
 
 
-def test_cifar10_download_uses_torchvision(tmp_path, monkeypatch):
+def cifar_archive(path: Path, per_batch: int = 6) -> tuple[Path, dict]:
+    """A `cifar-10-python.tar.gz` in the release's layout (`cifar-10-batches-py/` and its pickles)."""
+    written = write_cifar(path.parent / "src", per_batch)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(path.parent / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return path, written
+
+
+def test_cifar10_download_extracts_the_checked_archive(tmp_path, monkeypatch):
     import torchvision.datasets
 
-    calls = []
+    import noisekd.sources.cifar10 as c10
 
-    class FakeCIFAR10:
-        def __init__(self, root, train, download):
-            calls.append((root, train, download))
-            write_cifar(Path(root))
+    def refuse(*args, **kwargs):
+        raise AssertionError("torchvision's downloader must not be used")
 
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    data = load_cifar10(tmp_path, "test", download=True, verify=False)
-    assert calls == [(str(tmp_path), False, True)] and len(data) == 6
-    load_cifar10(tmp_path, "test", download=True, verify=False)
-    assert len(calls) == 1  # files present: no second download
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", refuse)
+    archive, written = cifar_archive(tmp_path / "serve" / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(c10, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(c10, "CIFAR10_MD5", md5_of(archive))
+    root = tmp_path / "root"
+    data = load_cifar10(root, "test", download=True, verify=False)
+    assert data.labels.tolist() == written["test_batch"][1] and len(data) == 6
+    no_leftovers(root, {"cifar-10-python.tar.gz", "cifar-10-batches-py"})
+    archive.unlink()
+    assert len(load_cifar10(root, "train", download=True, verify=False)) == 30  # extracted: no second download
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,23 +355,16 @@ def test_svhn_truncated_and_missing(tmp_path):
         load_svhn(tmp_path, "test")
 
 
-def test_svhn_verify_and_download_mock(tmp_path, monkeypatch):
-    import torchvision.datasets
+def test_svhn_verify_and_download(tmp_path, monkeypatch):
+    from noisekd.sources import svhn
 
-    calls = []
-
-    class FakeSVHN:
-        split_list = torchvision.datasets.SVHN.split_list
-
-        def __init__(self, root, split, download):
-            calls.append((split, download))
-            write_svhn(Path(root), split)
-
-    monkeypatch.setattr(torchvision.datasets, "SVHN", FakeSVHN)
-    assert len(load_svhn(tmp_path, "train", download=True, verify=False)) == 7
-    assert calls == [("train", True)]
+    write_svhn(tmp_path / "serve", "train")
+    monkeypatch.setattr(svhn, "SVHN_URL", (tmp_path / "serve").as_uri() + "/")
+    monkeypatch.setitem(svhn.SVHN_MD5S, "train_32x32.mat", md5_of(tmp_path / "serve" / "train_32x32.mat"))
+    assert len(load_svhn(tmp_path / "root", "train", download=True)) == 7
+    monkeypatch.undo()  # the release's md5 again: the small file is not the release
     with pytest.raises(NoiseKDError, match="train_32x32.mat.*md5"):
-        load_svhn(tmp_path, "train", verify=True)
+        load_svhn(tmp_path / "root", "train", verify=True)
 
 
 # ---------------------------------------------------------------------------------------------

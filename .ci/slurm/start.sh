@@ -11,8 +11,9 @@
 # if slurm/munge are not installed yet.
 #
 # Environment knobs (all optional):
-#   SLURM_CI_PARTITION   partition name (default: main; must match
-#                        `slurm_partition` in slurm/config.yaml)
+#   SLURM_CI_PARTITION   partition name (default: main; the cluster's default
+#                        partition, which the profiles use: they set no
+#                        slurm_partition)
 #   SLURM_CI_TIMEOUT     seconds to wait for the node to become idle (default 90)
 #   SLURM_CI_SKIP_APT=1  never call apt-get (fail if binaries are missing)
 #   SLURM_CI_REALMEM     MB of memory to advertise for the node instead of the
@@ -157,8 +158,8 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
 # no slurmdbd: no accounting; sacct therefore cannot report jobs, so the
-# snakemake plugin must query squeue, which needs finished jobs to stay
-# visible in slurmctld for a long time (MinJobAge)
+# snakemake plugin must query squeue (.ci/slurm/profile/config.yaml), which
+# needs finished jobs to stay visible in slurmctld for a long time (MinJobAge)
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none

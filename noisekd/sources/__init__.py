@@ -4,6 +4,8 @@
 ("cifar10", "svhn", "digits"); `prepare_ood(name, root, **options)` gives one out-of-distribution
 evaluation set ("cinic10": the ImageNet part of CINIC-10, "printed_digits", "cifar10c").  Options
 go to the loader unchanged, e.g. `download=True`, `per_class=2100`, `seed=0`, `corruption=...`.
+Every download goes through `download.ensure_download`: md5-checked, one line naming file and
+checksums on failure, nothing partial left behind.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import os
 
 from ..data import ImageData
 from ..errors import NoiseKDError
-from .cifar10 import CIFAR10_CLASSES, load_cifar10
+from .cifar10 import CIFAR10_CLASSES, download_cifar10, load_cifar10
 from .cifar10c import CIFAR10C_CORRUPTIONS, download_cifar10c, load_cifar10c
 from .cinic10 import download_cinic10, load_cinic_imagenet
 from .digits import DIGIT_CLASSES, load_digits, render_printed_digits
-from .download import check_md5, download, file_md5, safe_extract_tar
+from .download import check_md5, download, ensure_download, file_md5, safe_extract_tar
 from .svhn import load_svhn
 
 DATASETS = ("cifar10", "svhn", "digits")
@@ -30,8 +32,10 @@ __all__ = [
     "OOD_DATASETS",
     "check_md5",
     "download",
+    "download_cifar10",
     "download_cifar10c",
     "download_cinic10",
+    "ensure_download",
     "file_md5",
     "load_cifar10",
     "load_cifar10c",

@@ -1,10 +1,12 @@
 """CIFAR-10 from the python pickles in `<root>/cifar-10-batches-py/`.
 
-torchvision's downloader fetches and checks the archive (`download=True`); the pickles are parsed
-here, into NCHW uint8, with an unpickler that only accepts the numpy globals the real files use (a
-pickle can otherwise run arbitrary code).  With `verify=True` (the default) every file's md5 is
-checked against the table in torchvision's `CIFAR10` class before it is unpickled; tests that write
-small files in the same format pass `verify=False`.
+`download=True` fetches `<root>/cifar-10-python.tar.gz` through the project's checked download (its
+md5 checked, a bad copy named with both checksums and removed) and extracts it safely; the pickles
+are parsed here, into NCHW uint8, with an unpickler that only accepts the numpy globals the real
+files use (a pickle can otherwise run arbitrary code).  With `verify=True` (the default) every
+file's md5 is checked before it is unpickled; tests that write small files in the same format pass
+`verify=False` or their own md5 table.  URL and md5s are torchvision's (`CIFAR10`), where
+tests/test_downloads.py checks that they still agree.
 """
 
 from __future__ import annotations
@@ -19,13 +21,25 @@ import torch
 
 from ..data import ImageData
 from ..errors import NoiseKDError
-from .download import check_md5
+from .download import check_md5, ensure_download, safe_extract_tar
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 BASE_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 META_FILE = "batches.meta"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+FILE_MD5S = {  # each extracted file's md5
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
+    "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+}
 
 # numpy's array-reconstruction function, whatever module it lives in for this numpy version.
 _RECONSTRUCT = np.ndarray((0,), np.uint8).__reduce__()[0]
@@ -93,36 +107,36 @@ def cifar10_files(split: str) -> tuple[str, ...]:
     raise NoiseKDError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
 
 
-def _torchvision_md5s() -> dict[str, str]:
-    """File name -> md5, from the table torchvision uses to check its own download."""
-    from torchvision.datasets import CIFAR10
-
-    table = {name: md5 for name, md5 in [*CIFAR10.train_list, *CIFAR10.test_list]}
-    table[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
-    return table
+def download_cifar10(root: str | os.PathLike, url: str | None = None, md5: str | None = None) -> Path:
+    """Fetch and md5-check `<root>/cifar-10-python.tar.gz` (default: the release, CIFAR10_URL /
+    CIFAR10_MD5), extract its `cifar-10-batches-py/` safely to `<root>/cifar-10-batches-py/`."""
+    root = Path(root)
+    folder = root / BASE_FOLDER
+    if not folder.is_dir():  # extraction renames into place at the end, so a present folder is complete
+        archive = ensure_download(url or CIFAR10_URL, root / CIFAR10_ARCHIVE, md5 or CIFAR10_MD5)
+        safe_extract_tar(archive, folder, subdir=BASE_FOLDER)
+    return folder
 
 
 def load_cifar10(root: str | os.PathLike, split: str, download: bool = False, verify: bool = True) -> ImageData:
     """CIFAR-10 `split` ("train": 50000, "test": 10000 images) as uint8 NCHW ImageData.
 
-    Files are read from `<root>/cifar-10-batches-py/`.  `download=True` fetches them with
-    torchvision when missing; `verify=True` checks each file's md5 before parsing it.
+    Files are read from `<root>/cifar-10-batches-py/`.  `download=True` fetches and extracts the
+    archive when that folder is missing; `verify=True` checks each file's md5 before parsing it.
     """
     names = cifar10_files(split)
     folder = Path(root) / BASE_FOLDER
     paths = [folder / name for name in (*names, META_FILE)]
-    if download and not all(p.is_file() for p in paths):
-        import torchvision.datasets
-
-        # Downloads, checks the archive's md5 and extracts it; we then parse the files ourselves.
-        torchvision.datasets.CIFAR10(str(root), train=split == "train", download=True)
+    if download:
+        download_cifar10(root)
     for p in paths:
         if not p.is_file():
-            raise NoiseKDError(f"CIFAR-10 file {p} is missing (load with download=True to fetch it)")
+            # A folder without its files was not extracted by us (ours appear whole): only removing it helps.
+            hint = f"remove {folder} to extract it again" if download else "load with download=True to fetch it"
+            raise NoiseKDError(f"CIFAR-10 file {p} is missing ({hint})")
     if verify:
-        md5s = _torchvision_md5s()
         for p in paths:
-            check_md5(p, md5s[p.name])
+            check_md5(p, FILE_MD5S[p.name])
 
     meta = _unpickle(folder / META_FILE)
     classes = tuple(_decode(c) for c in meta.get(b"label_names", ()))

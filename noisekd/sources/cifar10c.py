@@ -3,8 +3,8 @@
 `CIFAR-10-C.tar` (Zenodo record 2535967) extracts to `CIFAR-10-C/` holding `<corruption>.npy`,
 each (50000, 32, 32, 3) uint8: severities 1..5 stacked, severity s in rows (s-1)*10000 .. s*10000-1,
 each block in CIFAR-10 test order, and `labels.npy` (50000,).  Rows per severity are inferred as
-len(labels) // 5, so small files in the same layout work too.  Arrays are memory-mapped and only the
-requested severity's rows are read.
+len(labels) // 5, so small files in the same layout work too; any other image size or dtype is
+refused naming the file.  Arrays are memory-mapped and only the requested severity's rows are read.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ CIFAR10C_ARCHIVE = "CIFAR-10-C.tar"
 CIFAR10C_FOLDER = "CIFAR-10-C"
 CIFAR10C_CORRUPTIONS = CORRUPTIONS  # one list of the 19 release file names, kept in noisekd.corruptions
 SEVERITIES = (1, 2, 3, 4, 5)
+IMAGE_SHAPE = (32, 32, 3)  # H, W, C of every image
 
 
 def download_cifar10c(root: str | os.PathLike, url: str | None = None, md5: str | None = None) -> Path:
@@ -69,9 +70,12 @@ def load_cifar10c(root: str | os.PathLike, corruption: str, severity: int, downl
             f"CIFAR-10-C file {labels_path}: expected integer labels (5 * n,), got {labels.dtype} {labels.shape}"
         )
     images = _open_npy(images_path)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(labels) or images.shape[3] != 3:
+    # Checked whole here: a wrong size would otherwise surface as a broadcast error far from the file.
+    expected = (len(labels), *IMAGE_SHAPE)
+    if images.dtype != np.uint8 or images.shape != expected:
         raise NoiseKDError(
-            f"CIFAR-10-C file {images_path}: expected uint8 ({len(labels)}, H, W, 3), got {images.dtype} {images.shape}"
+            f"CIFAR-10-C file {images_path}: expected uint8 {expected} (N, H, W, C; N as in labels.npy), "
+            f"got {images.dtype} {images.shape}"
         )
     rows = len(labels) // len(SEVERITIES)
     start, stop = (severity - 1) * rows, severity * rows

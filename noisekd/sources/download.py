@@ -1,30 +1,41 @@
-"""Checked downloads and safe archive extraction.
+"""Checked downloads and safe archive extraction: every dataset file the project fetches comes through here.
 
 A download streams into a temporary file beside its destination and is renamed into place only
 once its md5 matches, so a killed or corrupted transfer never leaves a file that looks complete.
+Long transfers log progress on the "noisekd" logger (the workflow's rule logs and the CLI's stderr):
+one line per 5% of the size the server announces, or per 30 s, never one per chunk.
 Archives are extracted into a temporary folder beside the destination and renamed at the end, after
-every member has been checked for paths or links that would land outside the destination.
+every member has been checked for paths or links that would land outside the destination; the
+extracted files get the mode a plain `open`/`mkdir` gives, whatever modes the archive recorded.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import logging
 import os
 import posixpath
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import NoiseKDError
-from ..io import atomic_path
+from ..io import atomic_path, plain_mode
+
+log = logging.getLogger("noisekd")
 
 _CHUNK = 1 << 20
 # tarfile's extraction filters (Python >= 3.11.4); without them only our own checks apply.
 _FILTER_ERROR = getattr(tarfile, "FilterError", ())
+PROGRESS_STEP = 0.05  # a progress line per 5% of a download whose size is known ...
+PROGRESS_SECONDS = 30.0  # ... and at least one per 30 s (the only ones when the size is unknown)
+_clock = time.monotonic  # the progress clock (tests replace it)
 
 
 def _md5():
@@ -52,32 +63,116 @@ def check_md5(path: str | os.PathLike, md5: str) -> None:
         raise NoiseKDError(f"{path}: md5 {actual} does not match the expected {md5}")
 
 
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+class _Progress:
+    """Progress lines of one transfer: at each PROGRESS_STEP of `total` and every PROGRESS_SECONDS."""
+
+    def __init__(self, name: str, total: int | None):
+        self.name, self.total = name, total
+        self.start = self.last = _clock()
+        self.step = max(1, int(total * PROGRESS_STEP)) if total else None
+        self.next = self.step
+
+    def update(self, done: int) -> None:
+        now = _clock()
+        at_step = self.step is not None and done >= self.next
+        if not at_step and now - self.last < PROGRESS_SECONDS:
+            return
+        if self.step is not None:
+            self.next = (done // self.step + 1) * self.step  # one line even if a chunk spans several steps
+        self.last = now
+        rate = done / max(now - self.start, 1e-6) / 1e6
+        of = f" of {_mb(self.total)} ({100 * done / self.total:.0f}%)" if self.total else ""
+        log.info(f"downloading {self.name}: {_mb(done)}{of}, {rate:.1f} MB/s")
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a transfer failed, in one line: the HTTP status, or the socket error under a URLError."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return _one_line(exc)  # "HTTP Error 404: Not Found"
+    return _one_line(getattr(exc, "reason", None) or exc or type(exc).__name__)
+
+
+class _TransferError(NoiseKDError):
+    """A transfer that failed (network, HTTP status, short read); `reason` is the cause alone."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _content_length(response) -> int | None:
+    try:
+        return int(response.headers["Content-Length"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def download(url: str, dest: str | os.PathLike, md5: str, timeout: float = 60.0) -> Path:
-    """Download `url` to `dest`, verifying its md5; nothing is left at `dest` unless it matches."""
+    """Download `url` to `dest`, verifying its md5; nothing is left at `dest` unless it matches.
+
+    Every failure (no network, HTTP error, short transfer, wrong md5) is one NoiseKDError naming
+    the URL, `dest` and the md5, and removes the partial file.
+    """
     dest = Path(dest)
-    digest = _md5()
+    digest, done, total = _md5(), 0, None
     request = urllib.request.Request(url, headers={"User-Agent": "noisekd"})
     with atomic_path(dest) as tmp:  # the temporary file is removed on any failure below
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "wb") as out:
+                total = _content_length(response)
+                log.info(f"downloading {url} to {dest}" + (f" ({_mb(total)})" if total else ""))
+                progress = _Progress(dest.name, total)
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     digest.update(chunk)
                     out.write(chunk)
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise NoiseKDError(f"download of {url} to {dest} failed: {reason}") from None
+                    done += len(chunk)
+                    progress.update(done)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = _reason(exc)
+            raise _TransferError(
+                f"download of {url} to {dest} failed: {reason} (partial file removed; to work offline, "
+                f"put a copy with md5 {md5} there)", reason
+            ) from None
+        if total is not None and done != total:
+            reason = f"the transfer ended after {done} of {total} bytes"
+            raise _TransferError(f"download of {url} to {dest} failed: {reason} (partial file removed)", reason)
         actual = digest.hexdigest()
         if actual != md5.lower():
-            raise NoiseKDError(f"download of {url} to {dest}: md5 {actual} does not match the expected {md5}")
+            raise NoiseKDError(
+                f"download of {url} to {dest}: md5 {actual} does not match the expected {md5} (download removed)"
+            )
+    log.info(f"downloaded {dest} ({_mb(done)}, md5 {actual} as expected)")
     return dest
 
 
-def ensure_download(url: str, dest: str | os.PathLike, md5: str) -> Path:
-    """Download `url` to `dest` unless a file with the right md5 is already there."""
+def ensure_download(url: str, dest: str | os.PathLike, md5: str, timeout: float = 60.0) -> Path:
+    """Download `url` to `dest` unless a file with the right md5 is already there.
+
+    A file already at `dest` with another md5 (a transfer another tool left unfinished, a corrupt
+    copy) can never be used: it is removed and downloaded again.  If that fails too (offline, say),
+    the one-line error still leads with the bad file and both checksums, not the network error.
+    """
     dest = Path(dest)
-    if dest.is_file() and file_md5(dest) == md5.lower():
+    if not dest.is_file():
+        return download(url, dest, md5, timeout)
+    actual = file_md5(dest)
+    if actual == md5.lower():
         return dest
-    return download(url, dest, md5)
+    bad = f"{dest}: md5 {actual} does not match the expected {md5}"
+    log.warning(f"{bad}; removing it and downloading it again")
+    dest.unlink()
+    try:
+        return download(url, dest, md5, timeout)
+    except _TransferError as exc:  # (a wrong md5 of the new copy is download's own line, with both checksums)
+        raise NoiseKDError(f"{bad} (file removed), and downloading it again from {url} failed: {exc.reason}") from None
 
 
 def _inside(name: str) -> bool:
@@ -109,6 +204,21 @@ def _checked_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.Ta
         yield member
 
 
+def _give_plain_modes(folder: Path) -> None:
+    """Give every extracted folder and file the mode a plain mkdir / open gives under the umask.
+
+    Archives record their author's modes (0600 files, 0700 folders are common), and mkdtemp makes
+    0700: kept as they are, a dataset fetched for a group would be readable by its fetcher only.
+    """
+    dir_mode, file_mode, exec_mode = plain_mode(directory=True), plain_mode(), plain_mode(executable=True)
+    for dirpath, _, filenames in os.walk(folder):  # symlinked folders are not followed
+        os.chmod(dirpath, dir_mode)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):  # chmod would follow it
+                os.chmod(path, exec_mode if os.stat(path).st_mode & 0o100 else file_mode)
+
+
 def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, subdir: str | None = None) -> Path:
     """Extract a (possibly compressed) tar archive into the new folder `dest`.
 
@@ -116,7 +226,8 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, subdir
     refused with a NoiseKDError naming the member.  Extraction goes to a temporary folder beside
     `dest` that is renamed onto `dest` only at the end, so a failed or killed extraction leaves no
     `dest`.  If `subdir` is given, only that top-level folder of the archive becomes `dest` (e.g.
-    `CIFAR-10-C.tar` holds `CIFAR-10-C/...`).  `dest` must not exist yet.
+    `CIFAR-10-C.tar` holds `CIFAR-10-C/...`).  `dest` must not exist yet.  Extracted folders and
+    files get the mode a plain mkdir / open gives (group-readable under the usual umask).
     """
     archive, dest = Path(archive), Path(dest)
     if dest.exists():
@@ -137,6 +248,7 @@ def safe_extract_tar(archive: str | os.PathLike, dest: str | os.PathLike, subdir
             raise NoiseKDError(f"archive {archive}: refused by tarfile's data filter: {exc}") from None
         except (tarfile.TarError, EOFError, OSError) as exc:
             raise NoiseKDError(f"archive {archive} is unreadable (truncated or corrupt?): {exc}") from None
+        _give_plain_modes(tmp)
         source = tmp
         if subdir is not None:
             source = tmp / subdir

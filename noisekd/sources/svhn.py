@@ -1,9 +1,11 @@
-"""SVHN (cropped digits, 32x32) from torchvision's `<root>/{train,test,extra}_32x32.mat` files.
+"""SVHN (cropped digits, 32x32) from the release's `<root>/{train,test,extra}_32x32.mat` files.
 
-torchvision's downloader fetches and md5-checks the files (`download=True`); they are parsed here
-with scipy.io.loadmat.  `X` is (32, 32, 3, N) uint8 (H, W, C, N) and `y` is (N, 1) with 10 standing
-for the digit 0, which is mapped to 0 so that labels are the digits themselves.  With `verify=True`
-each file's md5 is checked against torchvision's table; tests on small files pass `verify=False`.
+`download=True` fetches a missing file through the project's checked download; the files are
+parsed here with scipy.io.loadmat.  `X` is (32, 32, 3, N) uint8 (H, W, C, N) and `y` is (N, 1) with
+10 standing for the digit 0, which is mapped to 0 so that labels are the digits themselves.  With
+`verify=True` each file's md5 is checked (with `download=True` too, a file with another md5 is
+removed and fetched again); tests on small files pass `verify=False` or their own md5 table.  URLs
+and md5s are torchvision's (`SVHN.split_list`), where tests/test_downloads.py checks that they agree.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ import torch
 
 from ..data import ImageData
 from ..errors import NoiseKDError
-from .download import check_md5
+from .download import check_md5, ensure_download
 
 SVHN_CLASSES = tuple(str(d) for d in range(10))
 SVHN_SPLITS = ("train", "test", "extra")
+SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"  # + the file name
+SVHN_MD5S = {
+    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
+    "extra_32x32.mat": "a93ce644f1a588dc4d68dda5feec44a7",
+}
 
 
 def svhn_filename(split: str) -> str:
@@ -51,17 +59,14 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_svhn(root: str | os.PathLike, split: str, download: bool = False, verify: bool = True) -> ImageData:
     """SVHN `split` ("train": 73257, "test": 26032, "extra" images) as uint8 NCHW ImageData."""
-    path = Path(root) / svhn_filename(split)
-    if download and not path.is_file():
-        import torchvision.datasets
-
-        torchvision.datasets.SVHN(str(root), split=split, download=True)  # fetches and checks md5
-    if not path.is_file():
+    name = svhn_filename(split)
+    path = Path(root) / name
+    if download and (verify or not path.is_file()):
+        ensure_download(SVHN_URL + name, path, SVHN_MD5S[name])  # md5-checked, present or fetched
+    elif not path.is_file():
         raise NoiseKDError(f"SVHN file {path} is missing (load with download=True to fetch it)")
-    if verify:
-        from torchvision.datasets import SVHN
-
-        check_md5(path, SVHN.split_list[split][2])
+    elif verify:
+        check_md5(path, SVHN_MD5S[name])
     images, labels = _read_mat(path)
     return ImageData(
         torch.from_numpy(images), torch.from_numpy(labels), SVHN_CLASSES, {"source": "svhn", "split": split}
