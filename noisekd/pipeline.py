@@ -31,9 +31,7 @@ from .evaluate import (
     finish_rows,
     headline,
     load_corrupted_stack,
-    read_rows_settings,
     write_rows,
-    write_rows_table,
 )
 from .execution import TrainingInterrupted, resolve_device, resolve_numerics, run_side_by_side
 from .io import atomic_path, write_json_atomic
@@ -49,6 +47,7 @@ from .jobs import (  # noqa: F401
     settings_of,
 )
 from .layout import CHECKPOINT, Layout
+from .lineage import read_rows_settings, write_rows_table
 from .methods import MethodParams, get_method
 from .models import build_model
 from .noise import corrupt_labels
@@ -432,6 +431,8 @@ def _cell_seeds(settings: dict, seeds: list[int], dataset: str, cell: str, input
     """
     import hashlib
 
+    import pyarrow.parquet as pq
+
     results = []
     for seed, model, summary, out in zip(seeds, inputs["models"], inputs["summaries"], outs, strict=True):
         seed_settings = {**settings, "seed": int(seed)}
@@ -443,17 +444,10 @@ def _cell_seeds(settings: dict, seeds: list[int], dataset: str, cell: str, input
             identity = student_identity(seed_settings, dataset, cell, summary)
             write_rows(compute(seed_settings, identity, model), partial, settings=key)
         results.append((partial, out, seed_settings))
-    for partial, out, seed_settings in results:
-        _promote(partial, out, seed_settings)
+    for partial, out, seed_settings in results:  # the side file's rows, unchanged, under the seed's settings
+        write_rows_table(pq.read_table(partial), out, seed_settings)
     for partial, _, _ in results:
         Path(partial).unlink()
-
-
-def _promote(partial: str, out: str, settings: dict) -> None:
-    """A side file's rows as the seed's result file, unchanged, recording the seed's settings."""
-    import pyarrow.parquet as pq
-
-    write_rows_table(pq.read_table(partial), out, settings)
 
 
 def evaluate_students(settings: dict, seeds: list[int], dataset: str, cell: str, inputs: dict, outs: list[str],

@@ -54,26 +54,8 @@ def train_runtime_min(resources: dict, epochs: int, seeds: int, attempt: int = 1
     return grow(per_attempt, attempt)
 
 
-def train_mem_mb(resources: dict, attempt: int = 1) -> int:
-    """Memory (MB) of a training, teacher-logits, evaluation or attack job."""
-    return grow(setting(resources, "train_mem_mb"), attempt)
-
-
-def eval_runtime_min(resources: dict, attempt: int = 1) -> int:
-    """Time limit (minutes) of an evaluation or teacher-logits job."""
-    return grow(setting(resources, "eval_runtime_min"), attempt)
-
-
-def attack_runtime_min(resources: dict, attempt: int = 1) -> int:
-    """Time limit (minutes) of a PGD attack job."""
-    return grow(setting(resources, "attack_runtime_min"), attempt)
-
-
-def data_runtime_min(resources: dict, attempt: int = 1) -> int:
-    """Time limit (minutes) of a data preparation job (dataset, OOD set, corruption stack)."""
-    return grow(setting(resources, "data_runtime_min"), attempt)
-
-
-def data_mem_mb(resources: dict, attempt: int = 1) -> int:
-    """Memory (MB) of a data preparation job (the CIFAR-10-C stack is 2.9 GB of uint8)."""
-    return grow(setting(resources, "data_mem_mb"), attempt)
+def per_attempt(resources: dict, key: str, attempt: int = 1) -> int:
+    """A fixed `resources` value (train_mem_mb: memory of every GPU job; eval_runtime_min: evaluation
+    and teacher-logits jobs; attack_runtime_min; data_runtime_min and data_mem_mb: data preparation,
+    the CIFAR-10-C stack being 2.9 GB of uint8), scaled for `attempt`."""
+    return grow(setting(resources, key), attempt)

@@ -201,21 +201,13 @@ def student_runtime(wildcards, attempt):
     )
 
 
-def gpu_job_mem_mb(wildcards, attempt):
-    return res.train_mem_mb(config["resources"], attempt)
+def per_attempt(key):
+    """A fixed config.yaml `resources` value as a rule resource that grows with each retry."""
+    return lambda wildcards, attempt: res.per_attempt(config["resources"], key, attempt)
 
 
-def eval_runtime(wildcards, attempt):
-    return res.eval_runtime_min(config["resources"], attempt)
-
-
-def attack_runtime(wildcards, attempt):
-    return res.attack_runtime_min(config["resources"], attempt)
-
-
-def data_runtime(wildcards, attempt):
-    return res.data_runtime_min(config["resources"], attempt)
-
-
-def data_mem_mb(wildcards, attempt):
-    return res.data_mem_mb(config["resources"], attempt)
+gpu_job_mem_mb = per_attempt("train_mem_mb")
+eval_runtime = per_attempt("eval_runtime_min")
+attack_runtime = per_attempt("attack_runtime_min")
+data_runtime = per_attempt("data_runtime_min")
+data_mem_mb = per_attempt("data_mem_mb")

@@ -113,11 +113,10 @@ PAPER = load_config(ROOT / "config.yaml")["resources"]
 def test_time_and_memory_grow_with_each_attempt():
     first = resources.train_runtime_min(PAPER, 200, 5, 1)
     assert [resources.train_runtime_min(PAPER, 200, 5, a) for a in (1, 2, 3)] == [first, 2 * first, 3 * first]
-    assert [resources.train_mem_mb(PAPER, a) for a in (1, 2, 3)] == [16000, 32000, 48000]
-    for grows in (resources.eval_runtime_min, resources.attack_runtime_min, resources.data_runtime_min,
-                  resources.data_mem_mb):
-        one = grows(PAPER, 1)
-        assert [grows(PAPER, a) for a in (1, 2, 3)] == [one, 2 * one, 3 * one] and one > 0
+    assert [resources.per_attempt(PAPER, "train_mem_mb", a) for a in (1, 2, 3)] == [16000, 32000, 48000]
+    for key in ("eval_runtime_min", "attack_runtime_min", "data_runtime_min", "data_mem_mb"):
+        one = resources.per_attempt(PAPER, key, 1)
+        assert [resources.per_attempt(PAPER, key, a) for a in (1, 2, 3)] == [one, 2 * one, 3 * one] and one > 0
 
 
 def test_training_time_limit_follows_the_epochs_and_seeds():
